@@ -1,0 +1,160 @@
+"""The ``llmrec`` command: ``llmrec <stage> <verb> --run runs/<name> [--config F] [key=value ...]``.
+
+Each verb parses a typed config (YAML file, then dotted overrides) and calls one library
+function; no logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from llmrec.config import ConfigError, iter_help, load_config
+
+logger = logging.getLogger("llmrec")
+
+DEFAULT_RUN = "runs/ml100k"
+
+
+def _config_epilog(cls: type) -> str:
+    rows = [f"  {key} (default {default})\n      {text}" for key, default, text in iter_help(cls)]
+    return "config keys (set in --config YAML or as key=value overrides):\n" + "\n".join(rows)
+
+
+def _add_common(parser: argparse.ArgumentParser, run_default: str = DEFAULT_RUN) -> None:
+    parser.add_argument(
+        "--run",
+        default=run_default,
+        help=f"run directory holding every stage's output (default {run_default})",
+    )
+    parser.add_argument("--config", type=Path, help="YAML config file (see recipes/)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="redo the stage even if it finished with the same config",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted config overrides, e.g. filters.min_user_interactions=5",
+    )
+
+
+def _data_overrides(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if getattr(args, "dataset", None):
+        extra.append(f"dataset.name={args.dataset}")
+    if getattr(args, "path", None):
+        extra.append(f"dataset.path={args.path}")
+    return extra + list(args.overrides)
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """llmrec data prepare."""
+    from llmrec.data.prepare import DataConfig, prepare_data, summary
+
+    cfg = load_config(DataConfig, args.config, _data_overrides(args))
+    prepared = prepare_data(cfg, args.run, force=args.force)
+    print(summary(prepared))
+    print(f"\nwrote {prepared.path}/ (split.parquet, items.parquet, events.parquet, stats.json)")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    """llmrec data stats."""
+    from llmrec.data.prepare import PreparedData, summary
+
+    print(summary(PreparedData.load(args.run)))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """llmrec quickstart: the whole pipeline on the embedded default dataset (ML-100K)."""
+    from llmrec.data.prepare import DataConfig, prepare_data, summary
+
+    print(f"[1/1] data: preparing ML-100K into {args.run}/data")
+    prepared = prepare_data(
+        load_config(DataConfig, None, args.overrides), args.run, force=args.force
+    )
+    print(summary(prepared))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and docs)."""
+    from llmrec.data.prepare import DATASETS, DataConfig
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="llmrec",
+        description=textwrap.dedent("""\
+            llmrec: generative recommendation with LLMs.
+
+            Stages write into one run directory, each its own subfolder:
+              data   load interactions, filter, split      → <run>/data/
+            Start with `llmrec quickstart`, or `llmrec data prepare --run runs/ml100k`."""),
+        formatter_class=fmt,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    stages = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+
+    quick = stages.add_parser(
+        "quickstart", formatter_class=fmt, help="run the pipeline end to end on ML-100K",
+        description="Prepare the embedded default dataset (ML-100K) and print its statistics.",
+    )  # fmt: skip
+    _add_common(quick, "runs/quickstart")
+    quick.set_defaults(func=cmd_quickstart)
+
+    data = stages.add_parser(
+        "data",
+        help="load, filter and split interaction data",
+        description="Interaction data: prepare a run's data stage.",
+    )
+    verbs = data.add_subparsers(dest="verb", metavar="<verb>", required=True)
+    prepare = verbs.add_parser(
+        "prepare", formatter_class=fmt, help="load, filter and split a dataset into <run>/data",
+        description="Load a dataset, apply filters, split chronologically and write "
+        "<run>/data/ (split.parquet, items.parquet, events.parquet, stats.json).",
+        epilog=_config_epilog(DataConfig),
+    )  # fmt: skip
+    prepare.add_argument(
+        "--dataset", choices=DATASETS, help="shortcut for dataset.name=... (default ml-100k)"
+    )
+    prepare.add_argument("--path", help="shortcut for dataset.path=...")
+    _add_common(prepare)
+    prepare.set_defaults(func=cmd_data_prepare)
+    stats = verbs.add_parser(
+        "stats",
+        help="print the statistics of a prepared run",
+        description="Print <run>/data/stats.json as a summary.",
+    )
+    stats.add_argument("--run", default=DEFAULT_RUN, help="run directory")
+    stats.set_defaults(func=cmd_data_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llmrec`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    from llmrec.data.schema import DataError
+
+    try:
+        return func(args)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"llmrec: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

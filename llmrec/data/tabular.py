@@ -1,0 +1,123 @@
+"""Any CSV/TSV/Parquet interaction log, with a column map saying which column is which."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmrec.data.readers import read_csv_with_header, read_parquet
+from llmrec.data.schema import (
+    DataError,
+    Interactions,
+    Source,
+    finalize_events,
+    finalize_items,
+    first_bad_row,
+    link_items,
+)
+
+EVENT_FIELDS = ("user_id", "item_id", "timestamp", "rating", "review")
+
+
+def read_table(path: str | Path, sep: str | None = None) -> tuple[pd.DataFrame, Source]:
+    """Read a CSV/TSV (by extension, or ``sep``) or Parquet file as strings/typed columns."""
+    src = Source.from_path(path)
+    name = Path(path).name.lower().removesuffix(".gz")
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        src = Source(src.name, src.opener, lines=False)
+        return read_parquet(src), src
+    if sep is None:
+        sep = "\t" if name.endswith((".tsv", ".tab")) else ","
+    return read_csv_with_header(src, sep=sep), src.with_first_line(2)
+
+
+def _to_seconds(values: pd.Series, source: Source, fmt: str) -> pd.Series:
+    """Datetime strings → integer seconds since the epoch; unparseable values fail by line."""
+    parsed = pd.to_datetime(
+        values, errors="coerce", format=None if fmt == "datetime" else fmt, utc=True
+    )
+    row = first_bad_row(parsed.isna().to_numpy())
+    if row is not None:
+        raise DataError(
+            f"{source.where(row)}: field 'timestamp' is not a date/time: {values.iloc[row]!r}"
+        )
+    return pd.Series(parsed.astype("int64").to_numpy() // 1_000_000_000, index=values.index)
+
+
+def _pick(
+    frame: pd.DataFrame, columns: Mapping[str, str], source: Source, required: tuple[str, ...]
+) -> pd.DataFrame:
+    missing = [ours for ours in required if columns.get(ours, ours) not in frame.columns]
+    if missing:
+        wanted = ", ".join(f"{m} (column '{columns.get(m, m)}')" for m in missing)
+        raise DataError(
+            f"{source.name}: missing column(s) for {wanted}; found: {', '.join(frame.columns)}. "
+            "Map them with dataset.columns.<field>=<column>."
+        )
+    return pd.DataFrame(
+        {ours: frame[theirs] for ours, theirs in columns.items() if theirs in frame.columns}
+    )
+
+
+def load_tabular(
+    path: str | Path,
+    *,
+    columns: Mapping[str, str] | None = None,
+    item_path: str | Path | None = None,
+    item_columns: Mapping[str, str] | None = None,
+    list_fields: tuple[str, ...] = (),
+    list_sep: str = "|",
+    sep: str | None = None,
+    timestamp_format: str = "numeric",
+    name: str | None = None,
+    unknown_items: str = "error",
+) -> Interactions:
+    """Load interactions (and optionally an item table) from CSV/TSV/Parquet files.
+
+    ``columns`` maps our event fields (``user_id``, ``item_id``, ``timestamp``, optional
+    ``rating``, ``review``) to the file's column names; unmapped fields use their own name.
+    ``item_columns`` renames item-table columns to ours (at least ``item_id``); other columns are
+    kept as text fields, and ``list_fields`` are split on ``list_sep`` into lists.
+    ``timestamp_format`` is ``numeric``, ``datetime`` (ISO-like, parsed) or a strftime format.
+    """
+    raw, src = read_table(path, sep)
+    mapping = {f: (columns or {}).get(f, f) for f in EVENT_FIELDS}
+    unknown = set(columns or {}) - set(EVENT_FIELDS)
+    if unknown:
+        raise DataError(
+            f"dataset.columns: unknown field(s) {sorted(unknown)}; known: {', '.join(EVENT_FIELDS)}"
+        )
+    picked = _pick(raw, mapping, src, ("user_id", "item_id", "timestamp"))
+    if timestamp_format != "numeric":
+        picked["timestamp"] = _to_seconds(picked["timestamp"], src, timestamp_format)
+    events = finalize_events(picked, src)
+    items = None
+    sources = [src.name]
+    if item_path is not None:
+        item_raw, item_src = read_table(item_path, sep)
+        rename = {theirs: ours for ours, theirs in (item_columns or {}).items()}
+        item_raw = item_raw.rename(columns=rename)
+        if "item_id" not in item_raw.columns:
+            raise DataError(
+                f"{item_src.name}: no item_id column; map it with "
+                "dataset.item_columns.item_id=<column>"
+            )
+        for fld in list_fields:
+            if fld in item_raw.columns:
+                item_raw[fld] = (
+                    item_raw[fld]
+                    .fillna("")
+                    .astype("str")
+                    .map(lambda s: [p.strip() for p in s.split(list_sep) if p.strip()])
+                )
+        for col in item_raw.columns:
+            if col not in list_fields and col != "item_id":
+                values = item_raw[col]
+                item_raw[col] = np.where(values.isna(), "", values.astype("str"))
+        items = finalize_items(item_raw, item_src)
+        sources.append(item_src.name)
+    events, items = link_items(events, items, src, unknown_items)
+    return Interactions(events, items, name or Path(path).name.split(".")[0], tuple(sources))

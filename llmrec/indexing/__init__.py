@@ -1,0 +1,1 @@
+"""Semantic IDs: item text → embeddings → collision-free codes."""

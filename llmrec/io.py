@@ -1,0 +1,153 @@
+"""Run directories, atomic writes and stage markers.
+
+A run lives in one folder, ``runs/<name>/``; each stage writes ``runs/<name>/<stage>/``. A stage is
+built in a temporary sibling folder and renamed into place only when complete, with a marker file
+(``_DONE.json``, holding the config hash) written last, so an interrupted stage never looks
+finished and a finished stage whose config hash matches can be skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+MARKER = "_DONE.json"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never half of it."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON atomically, with sorted keys so equal content gives equal bytes."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write a DataFrame as plain Parquet: no index, no pandas metadata.
+
+    Without the metadata, list columns read back as ordinary lists/arrays in any pandas or
+    pyarrow version, instead of depending on the writer's extension dtypes.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(table, path)
+
+
+def write_parquet_atomic(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write a DataFrame to Parquet atomically (see ``write_parquet``)."""
+    with atomic_path(path) as tmp:
+        write_parquet(tmp, frame)
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """One stage's folder inside a run directory, e.g. ``runs/ml100k/data``."""
+
+    run: Path
+    stage: str
+
+    @property
+    def path(self) -> Path:
+        """Where the finished stage lives."""
+        return self.run / self.stage
+
+    @property
+    def marker(self) -> Path:
+        """The file written last when the stage completes."""
+        return self.path / MARKER
+
+    def done_info(self) -> dict[str, Any] | None:
+        """The marker's content if the stage completed, else None."""
+        try:
+            data = json.loads(self.marker.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def is_done(self, config_hash: str | None = None) -> bool:
+        """True if the stage finished (with this config hash, when one is given)."""
+        info = self.done_info()
+        if info is None:
+            return False
+        return config_hash is None or info.get("config_hash") == config_hash
+
+    def require(self, what: str = "") -> Path:
+        """Return the stage folder, or fail naming the command that makes it."""
+        if not self.is_done():
+            hint = f" Run `{what}` first." if what else ""
+            raise FileNotFoundError(f"{self.path} is missing or incomplete.{hint}")
+        return self.path
+
+    def build(
+        self, config_hash: str, fill: Callable[[Path], dict[str, Any] | None], force: bool = False
+    ) -> bool:
+        """Build the stage with ``fill(tmp_dir)`` unless already done with this hash.
+
+        ``fill`` writes every artifact into the temporary folder it is given and may return extra
+        fields for the marker. The folder replaces any previous version only once ``fill``
+        returned. Returns True if work was done, False if it was skipped.
+        """
+        if not force and self.is_done(config_hash):
+            logger.info("%s is up to date (config %s); skipping", self.path, config_hash)
+            return False
+        self.run.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.stage}.", suffix=".tmp", dir=self.run))
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            extra = fill(tmp) or {}
+            marker = {"stage": self.stage, "config_hash": config_hash, **extra}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+            old = None
+            if self.path.exists():
+                old = self.run / f".{self.stage}.old"
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(self.path, old)
+            os.replace(tmp, self.path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return True
