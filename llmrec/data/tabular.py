@@ -37,14 +37,16 @@ def read_table(path: str | Path, sep: str | None = None) -> tuple[pd.DataFrame, 
 def _to_seconds(values: pd.Series, source: Source, fmt: str) -> pd.Series:
     """Datetime strings → integer seconds since the epoch; unparseable values fail by line."""
     parsed = pd.to_datetime(
-        values, errors="coerce", format=None if fmt == "datetime" else fmt, utc=True
+        values, errors="coerce", format="ISO8601" if fmt == "datetime" else fmt, utc=True
     )
     row = first_bad_row(parsed.isna().to_numpy())
     if row is not None:
         raise DataError(
             f"{source.where(row)}: field 'timestamp' is not a date/time: {values.iloc[row]!r}"
         )
-    return pd.Series(parsed.astype("int64").to_numpy() // 1_000_000_000, index=values.index)
+    # Divide by a Timedelta so the datetime resolution (ns, us, ...) does not matter.
+    seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return pd.Series(seconds.to_numpy(dtype="int64"), index=values.index)
 
 
 def _pick(
@@ -81,7 +83,7 @@ def load_tabular(
     ``rating``, ``review``) to the file's column names; unmapped fields use their own name.
     ``item_columns`` renames item-table columns to ours (at least ``item_id``); other columns are
     kept as text fields, and ``list_fields`` are split on ``list_sep`` into lists.
-    ``timestamp_format`` is ``numeric``, ``datetime`` (ISO-like, parsed) or a strftime format.
+    ``timestamp_format`` is ``numeric``, ``datetime`` (ISO 8601), ``mixed`` or a strftime format.
     """
     raw, src = read_table(path, sep)
     mapping = {f: (columns or {}).get(f, f) for f in EVENT_FIELDS}
