@@ -14,10 +14,10 @@ from llmrec.cli import main
 FIXTURES = Path(__file__).parent / "data" / "fixtures"
 
 
-@pytest.mark.parametrize("argv", [[], ["data"], ["data", "prepare"], ["data", "stats"],
-                                  ["quickstart"]])
-def test_every_command_explains_itself(argv: list[str], capsys: pytest.CaptureFixture[str]
-                                       ) -> None:
+@pytest.mark.parametrize(
+    "argv", [[], ["data"], ["data", "prepare"], ["data", "stats"], ["quickstart"]]
+)
+def test_every_command_explains_itself(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--help"])
     assert exit_info.value.code == 0
@@ -28,8 +28,9 @@ def test_every_command_explains_itself(argv: list[str], capsys: pytest.CaptureFi
 
 
 def test_console_script_runs() -> None:
-    result = subprocess.run([sys.executable, "-m", "llmrec.cli", "--help"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "llmrec.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert "data" in result.stdout
 
 

@@ -29,8 +29,11 @@ def test_ml100k_grouplens(fixtures: Path) -> None:
 def test_ml1m(fixtures: Path) -> None:
     data = load_ml1m(fixtures / "ml-1m")
     assert (len(data), data.n_users, data.n_items) == (6, 3, 3)
-    assert data.items.set_index("item_id").loc["11", "genres"] == ["Action", "Adventure",
-                                                                   "Thriller"]
+    assert data.items.set_index("item_id").loc["11", "genres"] == [
+        "Action",
+        "Adventure",
+        "Thriller",
+    ]
 
 
 def test_atomic(fixtures: Path) -> None:
@@ -103,17 +106,20 @@ def test_tabular_tsv_datetimes(fixtures: Path) -> None:
 def test_tabular_parquet(fixtures: Path, tmp_path: Path) -> None:
     frame = pd.DataFrame({"u": ["a", "a", "b"], "i": ["x", "y", "x"], "t": [3, 1, 2]})
     frame.to_parquet(tmp_path / "log.parquet")
-    data = load_tabular(tmp_path / "log.parquet",
-                        columns={"user_id": "u", "item_id": "i", "timestamp": "t"})
+    data = load_tabular(
+        tmp_path / "log.parquet", columns={"user_id": "u", "item_id": "i", "timestamp": "t"}
+    )
     assert data.events["timestamp"].tolist() == [3, 1, 2]
     bad = frame.assign(t=["3", "soon", "2"])
     bad.to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad\.parquet, row 2: field 'timestamp'.*'soon'"):
-        load_tabular(tmp_path / "bad.parquet",
-                     columns={"user_id": "u", "item_id": "i", "timestamp": "t"})
+        load_tabular(
+            tmp_path / "bad.parquet", columns={"user_id": "u", "item_id": "i", "timestamp": "t"}
+        )
 
 
 # ---- bad input: (what to corrupt, how, the error it must give) ----------------------------
+
 
 def _replace_line(path: Path, lineno: int, text: str) -> None:
     lines = path.read_text().splitlines()
@@ -126,8 +132,9 @@ def _ml100k(f: Path) -> object:
 
 
 def _atomic(f: Path) -> object:
-    return load_atomic(Source.from_path(f / "atomic/toy.inter"),
-                       Source.from_path(f / "atomic/toy.item"))
+    return load_atomic(
+        Source.from_path(f / "atomic/toy.inter"), Source.from_path(f / "atomic/toy.item")
+    )
 
 
 def _amazon(f: Path) -> object:
@@ -135,45 +142,83 @@ def _amazon(f: Path) -> object:
 
 
 def _csv(f: Path) -> object:
-    return load_tabular(f / "tabular/log.csv",
-                        columns={"user_id": "uid", "item_id": "iid", "timestamp": "ts"},
-                        item_path=f / "tabular/items.csv", item_columns={"item_id": "iid"})
+    return load_tabular(
+        f / "tabular/log.csv",
+        columns={"user_id": "uid", "item_id": "iid", "timestamp": "ts"},
+        item_path=f / "tabular/items.csv",
+        item_columns={"item_id": "iid"},
+    )
 
 
 BAD_INPUT = [
     # malformed lines
     ("ml-100k/u.data", 4, "1\t12\t2\t300\t7", _ml100k, r"u\.data:4: malformed line: expected 4"),
     ("atomic/toy.inter", 3, "1\t11", _atomic, r"toy\.inter:3: malformed line"),
-    ("amazon2023/Toys.jsonl", 2, '{"user_id": "U1", "parent_asin": ', _amazon,
-     r"Toys\.jsonl:2: malformed JSON"),
+    (
+        "amazon2023/Toys.jsonl",
+        2,
+        '{"user_id": "U1", "parent_asin": ',
+        _amazon,
+        r"Toys\.jsonl:2: malformed JSON",
+    ),
     ("tabular/log.csv", 3, "u1,i2,200,5,extra", _csv, r"log\.csv:3: malformed line"),
     # non-numeric timestamps, named by line and field
-    ("ml-100k/u.data", 3, "2\t10\t5\tyesterday", _ml100k,
-     r"u\.data:3: field 'timestamp' is not a number: 'yesterday'"),
+    (
+        "ml-100k/u.data",
+        3,
+        "2\t10\t5\tyesterday",
+        _ml100k,
+        r"u\.data:3: field 'timestamp' is not a number: 'yesterday'",
+    ),
     ("atomic/toy.inter", 4, "2\t10\t5\tNaN", _atomic, r"toy\.inter:4: field 'timestamp'"),
     ("tabular/log.csv", 5, "u1,i3,soon,1", _csv, r"log\.csv:5: field 'timestamp'.*'soon'"),
-    ("amazon2023/Toys.jsonl", 3,
-     '{"user_id": "U2", "parent_asin": "P1", "timestamp": "noon", "rating": 1.0}', _amazon,
-     r"Toys\.jsonl:3: field 'timestamp' has 'noon'"),
+    (
+        "amazon2023/Toys.jsonl",
+        3,
+        '{"user_id": "U2", "parent_asin": "P1", "timestamp": "noon", "rating": 1.0}',
+        _amazon,
+        r"Toys\.jsonl:3: field 'timestamp' has 'noon'",
+    ),
     # unknown item ids
-    ("ml-100k/u.data", 5, "2\t99\t4\t160", _ml100k, r"u\.data:5: field 'item_id' names unknown "
-     r"item '99'"),
+    (
+        "ml-100k/u.data",
+        5,
+        "2\t99\t4\t160",
+        _ml100k,
+        r"u\.data:5: field 'item_id' names unknown "
+        r"item '99'",
+    ),
     ("tabular/log.csv", 4, "u2,i9,150,3", _csv, r"log\.csv:4: field 'item_id' names unknown"),
-    ("amazon2023/Toys.jsonl", 4,
-     '{"user_id": "U2", "parent_asin": "P9", "timestamp": 1, "rating": 3.0}', _amazon,
-     r"Toys\.jsonl:4: field 'item_id' names unknown item 'P9'"),
+    (
+        "amazon2023/Toys.jsonl",
+        4,
+        '{"user_id": "U2", "parent_asin": "P9", "timestamp": 1, "rating": 3.0}',
+        _amazon,
+        r"Toys\.jsonl:4: field 'item_id' names unknown item 'P9'",
+    ),
     # empty ids, repeated items, bad headers
     ("ml-100k/u.data", 2, "\t11\t3\t200", _ml100k, r"u\.data:2: field 'user_id' is empty"),
-    ("atomic/toy.item", 3, "10\tAgain\t1995\tAction", _atomic,
-     r"toy\.item:3: field 'item_id' repeats item '10'"),
-    ("atomic/toy.inter", 1, "user_id:token\titem_id\trating:float\ttimestamp:float", _atomic,
-     r"toy\.inter:1: header cell 'item_id'"),
+    (
+        "atomic/toy.item",
+        3,
+        "10\tAgain\t1995\tAction",
+        _atomic,
+        r"toy\.item:3: field 'item_id' repeats item '10'",
+    ),
+    (
+        "atomic/toy.inter",
+        1,
+        "user_id:token\titem_id\trating:float\ttimestamp:float",
+        _atomic,
+        r"toy\.inter:1: header cell 'item_id'",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("file", "line", "text", "loader", "message"), BAD_INPUT)
-def test_bad_input_names_file_line_field(fixtures: Path, file: str, line: int, text: str,
-                                         loader: object, message: str) -> None:
+def test_bad_input_names_file_line_field(
+    fixtures: Path, file: str, line: int, text: str, loader: object, message: str
+) -> None:
     _replace_line(fixtures / file, line, text)
     with pytest.raises(DataError, match=message):
         loader(fixtures)  # type: ignore[operator]
@@ -190,21 +235,28 @@ def test_line_numbers_skip_blank_lines(fixtures: Path) -> None:
 
 
 def test_missing_column(fixtures: Path) -> None:
-    with pytest.raises(DataError, match=r"log\.csv: missing column\(s\) for timestamp \(column "
-                       r"'time'\)"):
-        load_tabular(fixtures / "tabular/log.csv",
-                     columns={"user_id": "uid", "item_id": "iid", "timestamp": "time"})
+    with pytest.raises(
+        DataError,
+        match=r"log\.csv: missing column\(s\) for timestamp \(column "
+        r"'time'\)",
+    ):
+        load_tabular(
+            fixtures / "tabular/log.csv",
+            columns={"user_id": "uid", "item_id": "iid", "timestamp": "time"},
+        )
     (fixtures / "atomic/toy.inter").write_text("user_id:token\titem_id:token\n1\t10\n")
     with pytest.raises(DataError, match=r"toy\.inter: missing field 'timestamp'"):
         _atomic(fixtures)
 
 
-@pytest.mark.parametrize("file", ["ml-100k/u.data", "atomic/toy.inter",
-                                  "amazon2023/Toys.jsonl", "tabular/log.csv"])
+@pytest.mark.parametrize(
+    "file", ["ml-100k/u.data", "atomic/toy.inter", "amazon2023/Toys.jsonl", "tabular/log.csv"]
+)
 def test_empty_file(fixtures: Path, file: str) -> None:
     (fixtures / file).write_text("")
-    loader = {"ml-100k": _ml100k, "atomic": _atomic, "amazon2023": _amazon,
-              "tabular": _csv}[file.split("/")[0]]
+    loader = {"ml-100k": _ml100k, "atomic": _atomic, "amazon2023": _amazon, "tabular": _csv}[
+        file.split("/")[0]
+    ]
     with pytest.raises(DataError, match="empty"):
         loader(fixtures)
 
@@ -229,5 +281,5 @@ def test_unknown_items_can_be_dropped(fixtures: Path) -> None:
 def test_unknown_dataset_and_missing_path() -> None:
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         load_dataset(DatasetConfig(name="nope", path="x"))
-    with pytest.raises(DataError, match="needs dataset.path"):
+    with pytest.raises(DataError, match=r"needs dataset\.path"):
         load_dataset(DatasetConfig(name="ml-1m"))
