@@ -54,8 +54,8 @@ def load_atomic(
     """Load RecBole atomic files.
 
     ``columns`` maps our event fields (``user_id``, ``item_id``, ``timestamp``, ``rating``) to
-    atomic field names; ``item_columns`` renames item fields (atomic name → our name), and
-    every other item field is kept under its own name.
+    atomic field names; ``item_columns`` maps our item field names to atomic ones (e.g.
+    ``{"title": "movie_title"}``), and every other item field keeps its own name.
     """
     fields = {**DEFAULT_EVENT_FIELDS, **(columns or {})}
     raw = read_atomic(inter)
@@ -70,7 +70,8 @@ def load_atomic(
     items = None
     if item is not None:
         item_raw = read_atomic(item)
-        rename = {fields["item_id"]: "item_id", **(item_columns or {})}
+        rename = {fields["item_id"]: "item_id"}
+        rename |= {theirs: ours for ours, theirs in (item_columns or {}).items()}
         items = finalize_items(item_raw.rename(columns=rename), item.with_first_line(2))
     events, items = link_items(events, items, inter.with_first_line(2), unknown_items)
     sources = (inter.name,) + ((item.name,) if item is not None else ())

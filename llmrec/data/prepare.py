@@ -54,7 +54,7 @@ class DatasetConfig:
     )  # fmt: skip
     item_columns: dict[str, str] = field(
         default_factory=dict,
-        metadata={"help": "atomic: file field → our name; tabular: our name → file column"},
+        metadata={"help": "atomic/tabular: our item field (title, ...) → the file's column"},
     )
     list_fields: list[str] = field(
         default_factory=list,
@@ -62,7 +62,7 @@ class DatasetConfig:
     )
     timestamp_format: str = field(
         default="numeric",
-        metadata={"help": "tabular: numeric, datetime (ISO-like) or a strftime format"},
+        metadata={"help": "tabular: numeric, datetime (ISO 8601), mixed, or a strftime format"},
     )
     with_reviews: bool = field(
         default=False, metadata={"help": "amazon-*: keep review text (for preference tasks)"}

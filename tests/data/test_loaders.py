@@ -39,7 +39,7 @@ def test_ml1m(fixtures: Path) -> None:
 def test_atomic(fixtures: Path) -> None:
     inter = Source.from_path(fixtures / "atomic" / "toy.inter")
     item = Source.from_path(fixtures / "atomic" / "toy.item")
-    data = load_atomic(inter, item, item_columns={"movie_title": "title"})
+    data = load_atomic(inter, item, item_columns={"title": "movie_title"})
     assert (len(data), data.n_users) == (4, 2)
     assert set(data.items.columns) == {"item_id", "title", "release_year", "class"}
     assert data.items["title"].tolist() == ["Toy Story", "GoldenEye", "Four Rooms"]
