@@ -73,15 +73,51 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_build(args: argparse.Namespace) -> int:
+    """llmrec index build."""
+    import json
+
+    from llmrec.indexing.build import IndexConfig, build_index, format_report
+
+    cfg = load_config(IndexConfig, args.config, args.overrides)
+    folder = build_index(cfg, args.run, force=args.force)
+    print(format_report(json.loads((folder / "diagnostics.json").read_text())))
+    print(f"\nwrote {folder}/ (sid_map.json, diagnostics.json)")
+    return 0
+
+
+def cmd_instruct_build(args: argparse.Namespace) -> int:
+    """llmrec instruct build."""
+    from llmrec.instruct.build import InstructConfig, build_instruct, format_summary
+
+    cfg = load_config(InstructConfig, args.config, args.overrides)
+    folder = build_instruct(cfg, args.run, force=args.force)
+    print(format_summary(folder))
+    print(f"\nwrote {folder}/ (DatasetDict train/validation/test, tokenizer/)")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """llmrec quickstart: the whole pipeline on the embedded default dataset (ML-100K)."""
-    from llmrec.data.prepare import DataConfig, prepare_data, summary
+    import json
 
-    print(f"[1/1] data: preparing ML-100K into {args.run}/data")
-    prepared = prepare_data(
-        load_config(DataConfig, None, args.overrides), args.run, force=args.force
-    )
+    from llmrec.data.prepare import DataConfig, prepare_data, summary
+    from llmrec.indexing.build import IndexConfig, build_index, format_report
+
+    print(f"[1/2] data: preparing ML-100K into {args.run}/data")
+    prepared = prepare_data(load_config(DataConfig, None, []), args.run, force=args.force)
     print(summary(prepared))
+    print(f"\n[2/2] index: semantic IDs from all-MiniLM-L6-v2 embeddings into {args.run}/sids")
+    folder = build_index(load_config(IndexConfig, None, args.overrides), args.run,
+                         force=args.force)  # fmt: skip
+    print(format_report(json.loads((folder / "diagnostics.json").read_text())))
+    from llmrec.indexing.sid_map import SemanticIdMap
+
+    sid_map = SemanticIdMap.load(folder / "sid_map.json")
+    titles = prepared.items.set_index("item_id")["title"]
+    print("\nexamples:")
+    for item in sid_map.item_ids[:3]:
+        print(f"  {sid_map.sid(item)}  {titles.get(item, item)}")
     return 0
 
 
@@ -97,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
             Stages write into one run directory, each its own subfolder:
               data   load interactions, filter, split      → <run>/data/
+              index  semantic IDs for every item           → <run>/sids/
+              instruct  instruction datasets + SID tokenizer → <run>/instruct/
             Start with `llmrec quickstart`, or `llmrec data prepare --run runs/ml100k`."""),
         formatter_class=fmt,
     )
@@ -105,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     quick = stages.add_parser(
         "quickstart", formatter_class=fmt, help="run the pipeline end to end on ML-100K",
-        description="Prepare the embedded default dataset (ML-100K) and print its statistics.",
+        description="Prepare the embedded default dataset (ML-100K), build its semantic IDs, "
+        "and print what each stage made. Overrides apply to the index stage.",
     )  # fmt: skip
     _add_common(quick, "runs/quickstart")
     quick.set_defaults(func=cmd_quickstart)
@@ -135,6 +174,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--run", default=DEFAULT_RUN, help="run directory")
     stats.set_defaults(func=cmd_data_stats)
+
+    index = stages.add_parser(
+        "index",
+        help="semantic IDs: item text → codes",
+        description="Semantic IDs for every item of a prepared run.",
+    )
+    index_verbs = index.add_subparsers(dest="verb", metavar="<verb>", required=True)
+    from llmrec.indexing.build import IndexConfig
+
+    build = index_verbs.add_parser(
+        "build", formatter_class=fmt, help="build the run's SemanticIdMap into <run>/sids",
+        description="Embed item texts, quantize them into collision-free codes and write "
+        "<run>/sids/ (sid_map.json, diagnostics.json, quantizer.safetensors).",
+        epilog=_config_epilog(IndexConfig),
+    )  # fmt: skip
+    _add_common(build)
+    build.set_defaults(func=cmd_index_build)
+
+    instruct = stages.add_parser(
+        "instruct",
+        help="instruction datasets from templates",
+        description="Instruction datasets for SFT.",
+    )
+    instruct_verbs = instruct.add_subparsers(dest="verb", metavar="<verb>", required=True)
+    from llmrec.instruct.build import InstructConfig
+
+    ibuild = instruct_verbs.add_parser(
+        "build", formatter_class=fmt, help="render train/validation/test into <run>/instruct",
+        description="Render the data_templates/ tasks over the run's split and SIDs into a "
+        "DatasetDict, and add every SID token to the tokenizer (checked by a round trip).",
+        epilog=_config_epilog(InstructConfig),
+    )  # fmt: skip
+    _add_common(ibuild)
+    ibuild.set_defaults(func=cmd_instruct_build)
     return parser
 
 
@@ -151,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return func(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
         print(f"llmrec: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,1 @@
+"""Instruction datasets: templates, tasks, and the instruct stage."""

@@ -1,0 +1,218 @@
+"""The instruct stage: a split + a SID map → HF ``DatasetDict`` of instruction examples.
+
+``llmrec instruct build --run runs/ml100k`` writes ``<run>/instruct/``: the ``DatasetDict``
+(``train``, ``validation``, ``test``; ``datasets.load_from_disk`` opens the folder), the
+tokenizer with every SID token added (``tokenizer/``), ``counts.json``, ``config.yaml`` and the
+marker. Rows hold ``prompt`` and ``completion`` — strings, or chat messages when the tokenizer
+has a chat template — which TRL's ``SFTTrainer`` takes as they are, plus ``task``, ``user_id``,
+``history`` and ``target_item`` for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from llmrec.config import config_hash, dump_yaml
+from llmrec.data.prepare import PreparedData
+from llmrec.indexing.sid_map import SemanticIdMap
+from llmrec.instruct.tasks import (
+    Catalog,
+    Example,
+    held_out_cases,
+    render_item_task,
+    render_review_task,
+    render_sequence_task,
+    training_reviews,
+    training_windows,
+)
+from llmrec.instruct.templates import load_templates
+from llmrec.io import StageDir, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class InstructConfig:
+    """Which tasks, how much of each, and in which format."""
+
+    tasks: dict[str, float] = field(
+        default_factory=lambda: {"seqrec": 1.0, "title_seqrec": 0.5, "item2sid": 1.0,
+                                 "sid2title": 1.0, "review2item": 1.0},
+        metadata={"help": "training mixture: task → weight (0 drops it, 0.5 renders half of "
+                  "its examples, 2 renders them twice with other paraphrases)"},
+    )  # fmt: skip
+    eval_tasks: list[str] = field(
+        default_factory=lambda: ["seqrec"],
+        metadata={"help": "tasks rendered for validation/test (first paraphrase, fixed)"},
+    )
+    max_history: int = field(default=20, metadata={"help": "items of history in a prompt"})
+    min_history: int = field(default=1, metadata={"help": "shortest training history"})
+    templates_dir: str | None = field(
+        default=None, metadata={"help": "folder of task YAML files (default: data_templates/)"}
+    )
+    item_noun: str = field(default="item", metadata={"help": "what prompts call one item"})
+    items_noun: str = field(default="items", metadata={"help": "what prompts call items"})
+    format: Literal["auto", "prompt_completion", "conversational"] = field(
+        default="auto",
+        metadata={"help": "auto: conversational when the tokenizer has a chat template"},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "conversational format: optional system message"}
+    )
+    tokenizer: str = field(
+        default="tiny",
+        metadata={"help": "'tiny' (BPE trained here on catalog text + prompts) or a HF "
+                  "tokenizer name/folder"},
+    )  # fmt: skip
+    tiny_vocab_size: int = field(default=4000, metadata={"help": "tiny tokenizer vocabulary"})
+    seed: int = field(default=0, metadata={"help": "paraphrase and mixture sampling"})
+
+
+def render_examples(prepared: PreparedData, sid_map: SemanticIdMap, texts: list[str],
+                    cfg: InstructConfig) -> dict[str, list[Example]]:  # fmt: skip
+    """Render every split's examples (pure; no tokenizer involved)."""
+    templates = load_templates(cfg.templates_dir)
+    unknown = sorted((set(cfg.tasks) | set(cfg.eval_tasks)) - set(templates))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; templates define {sorted(templates)}")
+    items = prepared.items[prepared.items["item_id"].isin(set(sid_map.item_ids))]
+    catalog = Catalog.build(sid_map, items, texts, cfg.item_noun, cfg.items_noun)
+    sids = dict(zip(sid_map.item_ids, sid_map.all_sids(), strict=True))
+    rng = np.random.default_rng(cfg.seed)
+    split = prepared.split
+    train_cases = list(training_windows(split, cfg.max_history, cfg.min_history))
+    events = None
+    out: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for task, weight in cfg.tasks.items():
+        template = templates[task]
+        if template.kind == "sequence":
+            out["train"] += render_sequence_task(template, train_cases, catalog, sids, weight,
+                                                 rng)  # fmt: skip
+        elif template.kind == "item":
+            out["train"] += render_item_task(template, catalog, sids, weight, rng)
+        else:
+            if events is None:
+                events = pd.read_parquet(prepared.path / "events.parquet")
+            reviews = training_reviews(events, split)
+            if len(reviews) == 0:
+                logger.info("task %s skipped: the data has no review text", task)
+                continue
+            out["train"] += render_review_task(template, reviews, catalog, sids, weight, rng)
+    for name, part in (("validation", "valid"), ("test", "test")):
+        cases = list(held_out_cases(split, part, cfg.max_history))  # type: ignore[arg-type]
+        for task in cfg.eval_tasks:
+            if templates[task].kind != "sequence":
+                raise ValueError(f"eval task {task!r} is not a sequence task")
+            out[name] += render_sequence_task(templates[task], cases, catalog, sids, 1.0, rng,
+                                              fixed_paraphrase=0)  # fmt: skip
+    return out
+
+
+def _rows(examples: list[Example], conversational: bool, system: str | None) -> dict[str, list]:
+    def prompt(text: str) -> Any:
+        if not conversational:
+            return text
+        messages = [{"role": "system", "content": system}] if system else []
+        return messages + [{"role": "user", "content": text}]
+
+    return {
+        "prompt": [prompt(e.prompt) for e in examples],
+        "completion": [
+            [{"role": "assistant", "content": e.completion}] if conversational else e.completion
+            for e in examples
+        ],
+        "task": [e.task for e in examples],
+        "user_id": [e.user_id for e in examples],
+        "history": [list(e.history) for e in examples],
+        "target_item": [e.target_item for e in examples],
+    }
+
+
+def load_tokenizer(cfg: InstructConfig, corpus: list[str]) -> Any:
+    """The tiny tokenizer trained on ``corpus``, or a pretrained one by name or folder."""
+    if cfg.tokenizer == "tiny":
+        from llmrec.tokens import train_tokenizer
+
+        return train_tokenizer(corpus, vocab_size=cfg.tiny_vocab_size)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(cfg.tokenizer)
+
+
+def build_instruct(cfg: InstructConfig, run: str | Path, force: bool = False) -> Path:
+    """Run the instruct stage into ``<run>/instruct/`` (skipped when done with this config)."""
+    from datasets import Dataset, DatasetDict
+
+    from llmrec.tokens import add_sid_tokens, require_sid_roundtrip
+
+    run = Path(run)
+    prepared = PreparedData.load(run)
+    sids_dir = StageDir(run, "sids").require(f"llmrec index build --run {run}")
+    stage = StageDir(run, "instruct")
+    upstream = (StageDir(run, "sids").done_info() or {}).get("config_hash")
+    key = config_hash({"instruct": asdict(cfg), "sids": upstream})
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        sid_map = SemanticIdMap.load(sids_dir / "sid_map.json")
+        texts_by_item = {
+            json.loads(line)["item_id"]: json.loads(line)["text"]
+            for line in (sids_dir / "item_text.jsonl").open(encoding="utf-8")
+        }
+        items = prepared.items[prepared.items["item_id"].isin(set(sid_map.item_ids))]
+        texts = [texts_by_item[i] for i in items["item_id"].astype(str)]
+        examples = render_examples(prepared, sid_map, texts, cfg)
+        corpus = texts + [e.prompt for e in examples["train"][:20000]]
+        tokenizer = load_tokenizer(cfg, corpus)
+        add_sid_tokens(tokenizer, sid_map)
+        report = require_sid_roundtrip(tokenizer, sid_map)
+        conversational = cfg.format == "conversational" or (
+            cfg.format == "auto" and bool(getattr(tokenizer, "chat_template", None))
+        )
+        dataset = DatasetDict({
+            name: Dataset.from_dict(_rows(examples[name], conversational, cfg.system_prompt))
+            for name in SPLITS
+        })  # fmt: skip
+        dataset.save_to_disk(str(tmp))
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        counts = {name: dict(sorted(Counter(e.task for e in examples[name]).items()))
+                  for name in SPLITS}  # fmt: skip
+        write_json_atomic(tmp / "counts.json", {
+            "counts": counts, "format": "conversational" if conversational else
+            "prompt_completion", "roundtrip": {"items": report.n_items, "ok": report.ok},
+            "examples": {e.task: {"prompt": e.prompt, "completion": e.completion}
+                         for e in examples["train"][::-1]},
+        })  # fmt: skip
+        (tmp / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        return {}
+
+    stage.build(key, fill, force=force)
+    return stage.path
+
+
+def format_summary(folder: Path) -> str:
+    """Counts per split and task, the SID round trip, and one rendered example per task."""
+    info = json.loads((folder / "counts.json").read_text())
+    lines = [f"format: {info['format']}"]
+    for split, counts in info["counts"].items():
+        total = sum(counts.values())
+        lines.append(
+            f"{split:<11}{total:>9,}  " + ", ".join(f"{t} {n:,}" for t, n in counts.items())
+        )
+    rt = info["roundtrip"]
+    lines.append(
+        f"SID round trip: {rt['items']:,} items, "
+        f"{'all exact' if rt['ok'] else 'FAILED'} (alone, after a prompt, in chat)"
+    )
+    for task, ex in info["examples"].items():
+        lines.append(f"\n[{task}]\n  prompt: {ex['prompt']}\n  completion: {ex['completion']}")
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""Instruction examples from a split and a SID map: pure functions, no tokenizer involved.
+
+Training examples use training interactions only: every prefix of a user's training sequence
+(a sliding window of at most ``max_history`` items) predicts the item after it. Validation and
+test examples are the split's held-out cases: the target is the held-out item and the history is
+everything before it, never anything after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmrec.data.split import Part, Split
+from llmrec.indexing.sid_map import SemanticIdMap
+from llmrec.instruct.templates import TaskTemplate
+
+
+@dataclass(frozen=True)
+class Case:
+    """One thing to predict: a user's history and the item that follows it."""
+
+    user_id: str
+    history: tuple[str, ...]
+    target: str
+
+
+def training_windows(split: Split, max_history: int, min_history: int = 1) -> Iterator[Case]:
+    """Every prefix of each user's training sequence, truncated to ``max_history`` items."""
+    for user, seq in zip(split.table["user_id"], split.table["train_items"], strict=True):
+        seq = list(seq)
+        for t in range(max(1, min_history), len(seq)):
+            yield Case(str(user), tuple(seq[max(0, t - max_history) : t]), str(seq[t]))
+
+
+def held_out_cases(split: Split, part: Part, max_history: int) -> Iterator[Case]:
+    """The split's validation or test cases, histories truncated to the last ``max_history``."""
+    cases = split.cases(part)
+    for user, history, target in zip(cases["user_id"], cases["history"], cases["target"],
+                                     strict=True):  # fmt: skip
+        yield Case(str(user), tuple(list(history)[-max_history:]), str(target))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What templates may say about items: SIDs, titles, texts and raw fields."""
+
+    sid_map: SemanticIdMap
+    titles: Mapping[str, str]
+    texts: Mapping[str, str]
+    fields: Mapping[str, dict[str, Any]]
+    item_noun: str = "item"
+    items_noun: str = "items"
+
+    @classmethod
+    def build(cls, sid_map: SemanticIdMap, items: pd.DataFrame, texts: list[str],
+              item_noun: str, items_noun: str) -> Catalog:  # fmt: skip
+        """Index a prepared item table (only items that have a SID)."""
+        ids = items["item_id"].astype(str).tolist()
+        records = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+                   for r in items.to_dict("records")]  # fmt: skip
+        titles = items["title"].astype(str).tolist() if "title" in items else texts
+        return cls(sid_map, dict(zip(ids, titles, strict=True)),
+                   dict(zip(ids, texts, strict=True)), dict(zip(ids, records, strict=True)),
+                   item_noun, items_noun)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Example:
+    """A rendered example with what evaluation needs to score it."""
+
+    task: str
+    user_id: str
+    history: tuple[str, ...]
+    target_item: str
+    prompt: str
+    completion: str
+
+
+def sequence_variables(case: Case, catalog: Catalog, sids: Mapping[str, str]) -> dict[str, Any]:
+    """Template variables of a sequence example."""
+    return {
+        "history_sids": [sids[i] for i in case.history],
+        "history_titles": [catalog.titles[i] for i in case.history],
+        "target_sid": sids[case.target],
+        "target_title": catalog.titles[case.target],
+        "item_noun": catalog.item_noun,
+        "items_noun": catalog.items_noun,
+    }
+
+
+def item_variables(item: str, catalog: Catalog, sids: Mapping[str, str]) -> dict[str, Any]:
+    """Template variables of an item (alignment) example."""
+    return {
+        "item": catalog.fields[item],
+        "item_text": catalog.texts[item],
+        "target_sid": sids[item],
+        "item_noun": catalog.item_noun,
+        "items_noun": catalog.items_noun,
+    }
+
+
+def mixture_indices(n: int, weight: float, rng: np.random.Generator) -> np.ndarray:
+    """Which of ``n`` candidates to render, ``weight`` times over on average (sorted)."""
+    if weight <= 0 or n == 0:
+        return np.zeros(0, dtype=np.int64)
+    whole, frac = int(weight), weight - int(weight)
+    picks = [np.tile(np.arange(n), whole)]
+    if frac > 0:
+        picks.append(np.sort(rng.choice(n, size=round(frac * n), replace=False)))
+    return np.sort(np.concatenate(picks), kind="stable")
+
+
+def render_sequence_task(template: TaskTemplate, cases: list[Case], catalog: Catalog,
+                         sids: Mapping[str, str], weight: float, rng: np.random.Generator,
+                         fixed_paraphrase: int | None = None) -> list[Example]:  # fmt: skip
+    """Render a sequence task over cases; a seeded paraphrase per example unless fixed."""
+    chosen = mixture_indices(len(cases), weight, rng)
+    n_para = len(template.paraphrases)
+    paras = (np.full(len(chosen), fixed_paraphrase) if fixed_paraphrase is not None
+             else rng.integers(0, n_para, size=len(chosen)))  # fmt: skip
+    out = []
+    for idx, para in zip(chosen, paras, strict=True):
+        case = cases[int(idx)]
+        prompt, completion = template.render(int(para), sequence_variables(case, catalog, sids))
+        out.append(Example(template.task, case.user_id, case.history, case.target, prompt,
+                           completion))  # fmt: skip
+    return out
+
+
+def render_item_task(template: TaskTemplate, catalog: Catalog, sids: Mapping[str, str],
+                     weight: float, rng: np.random.Generator) -> list[Example]:  # fmt: skip
+    """Render an item-alignment task, one example per item (times the weight)."""
+    items = list(catalog.sid_map.item_ids)
+    chosen = mixture_indices(len(items), weight, rng)
+    paras = rng.integers(0, len(template.paraphrases), size=len(chosen))
+    out = []
+    for idx, para in zip(chosen, paras, strict=True):
+        item = items[int(idx)]
+        prompt, completion = template.render(int(para), item_variables(item, catalog, sids))
+        out.append(Example(template.task, "", (), item, prompt, completion))
+    return out
+
+
+def training_reviews(events: pd.DataFrame, split: Split) -> pd.DataFrame:
+    """Reviews from training interactions only (held-out user-item pairs are removed)."""
+    if "review" not in events.columns:
+        return events.iloc[0:0]
+    held = split.cases("valid")[["user_id", "target"]]
+    held = pd.concat([held, split.cases("test")[["user_id", "target"]]])
+    keys = set(zip(held["user_id"].astype(str), held["target"].astype(str), strict=True))
+    pairs = zip(events["user_id"].astype(str), events["item_id"].astype(str), strict=True)
+    keep = np.array([p not in keys for p in pairs], dtype=bool)
+    reviews = events[keep & (events["review"].astype(str).str.len() > 0).to_numpy()]
+    return reviews[reviews["user_id"].isin(split.table["user_id"])]
+
+
+def render_review_task(template: TaskTemplate, reviews: pd.DataFrame, catalog: Catalog,
+                       sids: Mapping[str, str], weight: float, rng: np.random.Generator,
+                       max_chars: int = 500) -> list[Example]:  # fmt: skip
+    """Render a review → item task from training reviews."""
+    rows = list(zip(reviews["user_id"].astype(str), reviews["item_id"].astype(str),
+                    reviews["review"].astype(str), strict=True))  # fmt: skip
+    rows = [r for r in rows if r[1] in sids]
+    chosen = mixture_indices(len(rows), weight, rng)
+    paras = rng.integers(0, len(template.paraphrases), size=len(chosen))
+    out = []
+    for idx, para in zip(chosen, paras, strict=True):
+        user, item, review = rows[int(idx)]
+        variables = {**item_variables(item, catalog, sids), "review": review[:max_chars]}
+        prompt, completion = template.render(int(para), variables)
+        out.append(Example(template.task, user, (), item, prompt, completion))
+    return out
