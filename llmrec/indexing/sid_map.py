@@ -132,6 +132,10 @@ class SemanticIdMap:
             raise SemanticIdError(f"{text!r} has text after the SID")
         return tuple(codes)
 
+    def strip_tokens(self, text: str) -> str:
+        """``text`` with every SID token removed (e.g. to train a tokenizer on the rest)."""
+        return self._token_pattern.sub("", text)
+
     def item_of_sid(self, text: str) -> str | None:
         """The item named by SID text, or None if no item has it."""
         return self.item_of_codes(self.parse(text))

@@ -171,7 +171,8 @@ def build_instruct(cfg: InstructConfig, run: str | Path, force: bool = False) ->
         items = prepared.items[prepared.items["item_id"].isin(set(sid_map.item_ids))]
         texts = [texts_by_item[i] for i in items["item_id"].astype(str)]
         examples = render_examples(prepared, sid_map, texts, cfg)
-        corpus = texts + [e.prompt for e in examples["train"][:20000]]
+        # SID tokens are added whole afterwards; training on them would only waste merges.
+        corpus = texts + [sid_map.strip_tokens(e.prompt) for e in examples["train"][:20000]]
         tokenizer = load_tokenizer(cfg, corpus)
         add_sid_tokens(tokenizer, sid_map)
         report = require_sid_roundtrip(tokenizer, sid_map)

@@ -61,7 +61,7 @@ class Catalog:
               item_noun: str, items_noun: str) -> Catalog:  # fmt: skip
         """Index a prepared item table (only items that have a SID)."""
         ids = items["item_id"].astype(str).tolist()
-        records = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+        records = [{str(k): (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
                    for r in items.to_dict("records")]  # fmt: skip
         titles = items["title"].astype(str).tolist() if "title" in items else texts
         return cls(sid_map, dict(zip(ids, titles, strict=True)),
