@@ -103,21 +103,23 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     from llmrec.data.prepare import DataConfig, prepare_data, summary
     from llmrec.indexing.build import IndexConfig, build_index, format_report
+    from llmrec.indexing.sid_map import SemanticIdMap
+    from llmrec.instruct.build import InstructConfig, build_instruct, format_summary
 
-    print(f"[1/2] data: preparing ML-100K into {args.run}/data")
+    print(f"[1/3] data: preparing ML-100K into {args.run}/data")
     prepared = prepare_data(load_config(DataConfig, None, []), args.run, force=args.force)
     print(summary(prepared))
-    print(f"\n[2/2] index: semantic IDs from all-MiniLM-L6-v2 embeddings into {args.run}/sids")
+    print(f"\n[2/3] index: semantic IDs from all-MiniLM-L6-v2 embeddings into {args.run}/sids")
     folder = build_index(load_config(IndexConfig, None, args.overrides), args.run,
                          force=args.force)  # fmt: skip
     print(format_report(json.loads((folder / "diagnostics.json").read_text())))
-    from llmrec.indexing.sid_map import SemanticIdMap
-
     sid_map = SemanticIdMap.load(folder / "sid_map.json")
     titles = prepared.items.set_index("item_id")["title"]
-    print("\nexamples:")
     for item in sid_map.item_ids[:3]:
         print(f"  {sid_map.sid(item)}  {titles.get(item, item)}")
+    print(f"\n[3/3] instruct: instruction datasets and SID tokenizer into {args.run}/instruct")
+    cfg = load_config(InstructConfig, None, ["item_noun=movie", "items_noun=movies"])
+    print(format_summary(build_instruct(cfg, args.run, force=args.force)))
     return 0
 
 
@@ -143,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     quick = stages.add_parser(
         "quickstart", formatter_class=fmt, help="run the pipeline end to end on ML-100K",
-        description="Prepare the embedded default dataset (ML-100K), build its semantic IDs, "
-        "and print what each stage made. Overrides apply to the index stage.",
+        description="Prepare the embedded default dataset (ML-100K), build its semantic IDs "
+        "and instruction datasets, and print what each stage made. Overrides apply to the "
+        "index stage.",
     )  # fmt: skip
     _add_common(quick, "runs/quickstart")
     quick.set_defaults(func=cmd_quickstart)
