@@ -1,0 +1,1 @@
+"""Constrained decoding: the item trie and its logits processors."""

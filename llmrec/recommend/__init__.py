@@ -1,0 +1,1 @@
+"""Recommenders: the protocol, prompts, and the HF constrained-decoding backend."""

@@ -1,0 +1,133 @@
+"""ItemTrie against the plain-Python reference on random catalogs (Hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmrec.constrain.trie import DEAD, FINISHED, ItemTrie
+from tests.constrain.reference_trie import ReferenceTrie
+
+END = 3
+
+
+@st.composite
+def catalogs(draw: st.DrawFn) -> tuple[list[list[int]], list[str]]:
+    """Random catalogs: 1–4 levels, tiny codebooks (many shared prefixes), 1 to 50 items,
+    sometimes of different lengths; tokens are ids 10.., the end token is 3."""
+    levels = draw(st.sampled_from([1, 3, 3, 4]))
+    size = draw(st.integers(1, 5))
+    space = size**levels
+    n = draw(st.integers(1, min(space, 50)))
+    flat = draw(st.lists(st.integers(0, space - 1), min_size=n, max_size=n, unique=True))
+    variable = draw(st.booleans()) and levels > 1
+    seqs = []
+    for f in flat:
+        codes = [(f // size**lv) % size for lv in range(levels)]
+        seq = [10 + lv * 8 + c for lv, c in enumerate(codes)]
+        if variable and codes[0] == 0:
+            seq = seq[:1] + [99]  # a short branch: still prefix-free thanks to token 99
+        seqs.append(seq + [END])
+    unique = {tuple(s): None for s in seqs}
+    seqs = [list(s) for s in unique]
+    return seqs, [f"item{i}" for i in range(len(seqs))]
+
+
+def padded(seqs: list[list[int]]) -> np.ndarray:
+    width = max(len(s) for s in seqs)
+    return np.array([s + [-1] * (width - len(s)) for s in seqs])
+
+
+def prefixes(seqs: list[list[int]], rng: np.random.Generator) -> list[list[int]]:
+    """Valid partial paths, complete ones, paths past the end, and off-trie junk."""
+    out = []
+    for s in seqs[:20]:
+        cut = int(rng.integers(0, len(s) + 1))
+        out.append(s[:cut])
+        out.append(s + [END, END])  # padding after a finished item
+        junk = list(s[:cut]) + [int(rng.integers(4, 60))]
+        out.append(junk)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(catalogs(), st.integers(0, 2**31))
+def test_fast_trie_equals_reference(catalog: tuple[list[list[int]], list[str]],
+                                    seed: int) -> None:  # fmt: skip
+    seqs, ids = catalog
+    fast = ItemTrie.from_sequences(padded(seqs), ids, END)
+    ref = ReferenceTrie(seqs, ids)
+    rng = np.random.default_rng(seed)
+    for prefix in prefixes(seqs, rng):
+        gen = torch.tensor([prefix], dtype=torch.long).reshape(1, len(prefix))
+        node = int(fast.walk(gen)[0])
+        ref_node = ref.node(prefix)
+        depth = len(prefix)
+        allowed = set(fast.allowed(fast.walk(gen), depth)[0].tolist())
+        if node >= 0 and ref_node is not None and ref.allowed(prefix):
+            assert allowed == ref.allowed(prefix)
+        else:
+            # Off the trie, at a leaf, or past it: only the end token may follow.
+            assert allowed == {END}
+            finished = any(prefix[: len(s)] == s and len(prefix) > len(s) for s in seqs)
+            assert node == (FINISHED if finished else DEAD) or ref.item(prefix) is not None
+        scores = torch.from_numpy(rng.normal(size=(1, 128)).astype(np.float32))
+        masked = fast.constrain(scores, gen)
+        finite = set(torch.nonzero(torch.isfinite(masked[0])).squeeze(1).tolist())
+        assert finite == allowed
+        assert torch.equal(masked[0, sorted(finite)], scores[0, sorted(finite)])
+    full = torch.tensor(padded([s + [END] for s in seqs]))  # trailing padding is ignored
+    assert fast.items_of(full) == ids
+    assert fast.item_sequences().tolist() == padded(seqs).tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(catalogs(), st.integers(0, 2**31))
+def test_banned_nodes_match_the_reference(catalog: tuple[list[list[int]], list[str]],
+                                          seed: int) -> None:  # fmt: skip
+    seqs, ids = catalog
+    fast = ItemTrie.from_sequences(padded(seqs), ids, END)
+    ref = ReferenceTrie(seqs, ids)
+    rng = np.random.default_rng(seed)
+    excluded = {i for i in range(len(ids)) if rng.random() < 0.6}
+    banned = fast.banned_nodes([sorted(excluded)])
+    excluded_ids = {ids[i] for i in excluded}
+    for s in seqs:
+        for cut in range(len(s) + 1):
+            prefix = s[:cut]
+            node = int(fast.walk(torch.tensor([prefix], dtype=torch.long).reshape(1, cut))[0])
+            below = ref.items_below(prefix)
+            assert bool(banned[0, node]) == (below <= excluded_ids), (prefix, below)
+            # Under the ban, exactly the tokens leading to some non-excluded item stay allowed.
+            if node >= 0 and ref.allowed(prefix) and not below <= excluded_ids:
+                gen = torch.tensor([prefix], dtype=torch.long).reshape(1, cut)
+                masked = fast.constrain(torch.zeros(1, 128), gen, banned)
+                finite = set(torch.nonzero(torch.isfinite(masked[0])).squeeze(1).tolist())
+                expected = {t for t in ref.allowed(prefix)
+                            if not ref.items_below([*prefix, t]) <= excluded_ids}  # fmt: skip
+                assert finite == expected
+
+
+def test_rows_without_a_finite_allowed_score_fall_back_to_uniform() -> None:
+    trie = ItemTrie.from_sequences(np.array([[10, 20, END], [11, 20, END]]), ["x", "y"], END)
+    scores = torch.full((1, 32), float("-inf"))  # e.g. min_new_tokens banned everything
+    out = trie.constrain(scores, torch.zeros((1, 0), dtype=torch.long))
+    assert set(torch.nonzero(torch.isfinite(out[0])).squeeze(1).tolist()) == {10, 11}
+
+
+def test_invalid_catalogs_are_refused() -> None:
+    with pytest.raises(ValueError, match="share one token sequence"):
+        ItemTrie.from_sequences(np.array([[10, END], [10, END]]), ["a", "b"], END)
+    with pytest.raises(ValueError, match="does not end with the end token"):
+        ItemTrie.from_sequences(np.array([[10, 11]]), ["a"], END)
+
+
+def test_one_item_catalog_and_device_move() -> None:
+    trie = ItemTrie.from_sequences(np.array([[10, 11, END]]), ["only"], END).to("cpu")
+    gen = torch.tensor([[10]])
+    assert trie.allowed(trie.walk(gen), 1).tolist() == [[11]]
+    assert trie.items_of(torch.tensor([[10, 11, END]])) == ["only"]
+    assert trie.nbytes > 0 and trie.depth == 3
