@@ -1,0 +1,1 @@
+"""Evaluation: metrics (pure), the protocol, baselines and reports."""
