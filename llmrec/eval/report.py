@@ -1,0 +1,63 @@
+"""Side-by-side tables and plots of evaluation results (one row per model and protocol)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmrec.io import atomic_path
+
+
+def results_table(rows: Sequence[dict[str, Any]], k: int = 10) -> str:
+    """A fixed-width table: model, seen-item policy, Recall/NDCG/MRR@k with 95% CIs, times."""
+    header = (f"{'model':<22}{'seen':>9}  {'Recall@' + str(k):>21}  {'NDCG@' + str(k):>21}  "
+              f"{'MRR@' + str(k):>8}  {'cover':>6}  {'invalid':>7}  {'train s':>8}")  # fmt: skip
+    lines = [header, "-" * len(header)]
+    for r in rows:
+
+        def cell(name: str, r: dict[str, Any] = r) -> str:
+            low, high = r.get(f"{name}@{k}_ci_low"), r.get(f"{name}@{k}_ci_high")
+            ci = f" [{low:.3f},{high:.3f}]" if low is not None else ""
+            return f"{r[f'{name}@{k}']:.4f}{ci}"
+
+        train = r.get("train_seconds")
+        lines.append(
+            f"{r['model']:<22}{'excluded' if r['exclude_seen'] else 'kept':>9}  "
+            f"{cell('recall'):>21}  {cell('ndcg'):>21}  {r[f'mrr@{k}']:>8.4f}  "
+            f"{r[f'coverage@{k}']:>6.1%}  {r[f'invalid@{k}']:>7.1%}  "
+            f"{'' if train is None else f'{train:.0f}':>8}"
+        )
+    return "\n".join(lines)
+
+
+def plot_results(rows: Sequence[dict[str, Any]], ks: Sequence[int], path: str | Path) -> Path:
+    """Save NDCG@K and Recall@K curves and a popularity-bias plot as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for r in rows:
+        label = f"{r['model']} ({'seen excluded' if r['exclude_seen'] else 'seen kept'})"
+        style = "--" if r["exclude_seen"] else "-"
+        for ax, metric in zip(axes[:2], ("ndcg", "recall"), strict=True):
+            ax.plot(ks, [r[f"{metric}@{k}"] for k in ks], style, marker="o", label=label)
+        k = max(ks)
+        axes[2].scatter(r[f"popularity@{k}"], r[f"ndcg@{k}"], s=60, label=label)
+    for ax, title in zip(axes[:2], ("NDCG@K", "Recall@K"), strict=True):
+        ax.set_xlabel("K")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[2].set_xlabel(f"mean popularity of top-{max(ks)} items (share of train interactions)")
+    axes[2].set_ylabel(f"NDCG@{max(ks)}")
+    axes[2].set_title("accuracy vs popularity bias")
+    axes[2].grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
