@@ -43,7 +43,7 @@ class HFRecommender:
     mode: Literal["beam", "exact"] = "beam"
     num_beams: int = 20
     batch_size: int = 8
-    exact_rows: int = 1024  # trie nodes scored per forward pass in exact mode
+    exact_memory_mb: int = 256  # exact mode: logits held per forward pass
     progress: bool = False
 
     @classmethod
@@ -122,75 +122,106 @@ class HFRecommender:
             ranked.append(row)
         return ranked
 
+    @functools.cached_property
+    def _tree(self) -> dict[str, torch.Tensor]:
+        """The trie's open nodes laid out for tree attention (computed once)."""
+        trie = self.trie if self.trie.device == self.device else self.trie.to(self.device)
+        n_nodes = trie.node_item.numel()
+        parent = torch.zeros(n_nodes, dtype=torch.long, device=self.device)
+        parent[trie.edge_child] = trie.edge_key // trie.key_base
+        token = torch.zeros(n_nodes, dtype=torch.long, device=self.device)
+        token[trie.edge_child] = trie.edge_token
+        depth = torch.zeros(n_nodes, dtype=torch.long, device=self.device)
+        for _ in range(trie.depth):  # nodes are numbered by depth: parents settle first
+            depth[trie.edge_child] = depth[parent[trie.edge_child]] + 1
+        has_children = trie.node_offset[1:] > trie.node_offset[:-1]
+        open_nodes = torch.nonzero(has_children & (depth > 0)).squeeze(1)
+        slot = torch.full((n_nodes,), -1, dtype=torch.long, device=self.device)
+        slot[open_nodes] = torch.arange(len(open_nodes), device=self.device)
+        # ancestor[i, j]: open node j lies on the path to open node i (itself included).
+        ancestor = torch.zeros((len(open_nodes), len(open_nodes)), dtype=torch.bool,
+                               device=self.device)  # fmt: skip
+        rows = torch.arange(len(open_nodes), device=self.device)
+        node = open_nodes.clone()
+        for _ in range(trie.depth):
+            inside = node > 0
+            ancestor[rows[inside], slot[node[inside]]] = True
+            node = torch.where(inside, parent[node], node)
+        return {"nodes": open_nodes, "token": token[open_nodes], "depth": depth[open_nodes],
+                "ancestor": ancestor, "node_depth": depth}  # fmt: skip
+
     @torch.inference_mode()
     def score_all(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
-        """Exact log-probability of every catalog item [n_users, n_items]."""
-        from transformers import DynamicCache
+        """Exact log-probability of every catalog item [n_users, n_items].
 
+        Tree attention: after the prompt, every inner node of the trie is fed as one token that
+        attends to the prompt and to its own ancestors only, so one forward pass yields the
+        next-token distribution after every prefix of every item. Users are split into passes
+        whose logits ([users, inner nodes, vocabulary]) fit in ``exact_memory_mb``.
+        """
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        per_user = max(1, len(self._tree["nodes"])) * vocab * 4
+        step = max(1, (self.exact_memory_mb << 20) // per_user)
+        parts = [self._score_all(histories[i : i + step]) for i in range(0, len(histories), step)]
+        return torch.cat(parts)
+
+    def _score_all(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
         trie = self.trie if self.trie.device == self.device else self.trie.to(self.device)
+        tree = self._tree
         ids, mask = self._batch(histories)
+        n_users = ids.shape[0]
         # Positions as HF generate computes them for left-padded rows (pads take position 1).
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True)  # fmt: skip
-        prompt_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        n_users = ids.shape[0]
-        n_nodes = trie.node_item.numel()
-        node_score = torch.full((n_users, n_nodes), float("-inf"), device=self.device)
-        node_score[:, 0] = 0.0
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        # Level 0 from the prompt alone; deeper levels feed the path tokens after the cache.
-        frontier = torch.zeros(1, dtype=torch.long, device=self.device)
-        paths = torch.zeros((1, 0), dtype=torch.long, device=self.device)
-        for depth in range(trie.depth):
-            tokens, children, valid = trie.children(frontier, depth)
-            if depth == 0:
-                logp = first[:, tokens[0]].unsqueeze(1)  # [users, 1, width]
+        root_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        n_open = len(tree["nodes"])
+        node_logp = None
+        if n_open:
+            allowed = torch.cat(
+                [
+                    mask.bool()[:, None, :].expand(n_users, n_open, -1),
+                    tree["ancestor"][None].expand(n_users, -1, -1),
+                ],
+                dim=2,
+            )
+            if getattr(self.model.config, "_attn_implementation", "sdpa") == "sdpa":
+                additive = allowed[:, None]  # SDPA takes a boolean mask: 4x less memory
             else:
-                logp = self._continuations(prompt_kv, mask, paths, tokens, DynamicCache)
-            child_score = node_score[:, frontier].unsqueeze(-1) + logp
-            child_score = torch.where(valid.unsqueeze(0), child_score, float("-inf"))
-            flat_children = children[valid]
-            node_score[:, flat_children] = child_score[:, valid]
-            # The next frontier: open children, with their token paths.
-            open_child = trie.node_offset[flat_children + 1] > trie.node_offset[flat_children]
-            parent_row = torch.nonzero(valid)[:, 0]
-            paths = torch.cat([paths[parent_row], tokens[valid][:, None]], dim=1)[open_child]
-            frontier = flat_children[open_child]
-            if frontier.numel() == 0:
-                break
+                dtype = next(self.model.parameters()).dtype
+                additive = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
+                additive = additive.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+            tokens = tree["token"][None].expand(n_users, -1)
+            pos = mask.sum(1, keepdim=True) + tree["depth"][None] - 1
+            logits = self.model(
+                input_ids=tokens,
+                attention_mask=additive,
+                position_ids=pos,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            ).logits
+            node_logp = torch.log_softmax(logits.float(), dim=-1)  # [users, open nodes, V]
+        n_nodes = trie.node_item.numel()
+        score = torch.full((n_users, n_nodes), float("-inf"), device=self.device)
+        score[:, 0] = 0.0
+        slot = torch.full((n_nodes,), -1, dtype=torch.long, device=self.device)
+        slot[tree["nodes"]] = torch.arange(n_open, device=self.device)
+        for d in range(trie.depth):
+            parents = torch.nonzero(
+                (tree["node_depth"] == d) & (trie.node_offset[1:] > trie.node_offset[:-1])
+            ).squeeze(1)
+            tokens_, children, valid = trie.children(parents, d)
+            if d == 0:
+                logp = root_logp[:, tokens_[0]][:, None, :]
+            else:
+                assert node_logp is not None
+                logp = node_logp[:, slot[parents]].gather(2, tokens_[None].expand(n_users, -1, -1))
+            child = score[:, parents, None] + logp
+            score[:, children[valid]] = child[:, valid]
         leaves = torch.nonzero(trie.node_item >= 0).squeeze(1)
         scores = torch.full((n_users, len(trie.item_ids)), float("-inf"), device=self.device)
-        scores[:, trie.node_item[leaves]] = node_score[:, leaves]
+        scores[:, trie.node_item[leaves]] = score[:, leaves]
         return scores
-
-    def _continuations(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]],
-                       mask: torch.Tensor, paths: torch.Tensor, tokens: torch.Tensor,
-                       cache_cls: Any) -> torch.Tensor:  # fmt: skip
-        """Log-probs [users, nodes, width] of each node's child tokens after prompt + path."""
-        n_users, n_nodes, depth = mask.shape[0], paths.shape[0], paths.shape[1]
-        out = torch.empty((n_users, n_nodes, tokens.shape[1]), device=self.device)
-        rows_per_user = max(1, self.exact_rows // max(1, n_users))
-        for start in range(0, n_nodes, rows_per_user):
-            nodes = torch.arange(start, min(n_nodes, start + rows_per_user), device=self.device)
-            user = torch.arange(n_users, device=self.device).repeat_interleave(len(nodes))
-            node = nodes.repeat(n_users)
-            cache = cache_cls(ddp_cache_data=[(k.index_select(0, user), v.index_select(0, user))
-                                              for k, v in prompt_kv],
-                              config=self.model.config)  # fmt: skip
-            step_ids = paths[node]
-            attn = torch.cat([mask[user], torch.ones_like(step_ids)], dim=1)
-            pos = mask[user].sum(1, keepdim=True) + torch.arange(depth, device=self.device)
-            logits = self.model(
-                input_ids=step_ids,
-                attention_mask=attn,
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1]
-            logp = torch.log_softmax(logits.float(), dim=-1).gather(1, tokens[node])
-            out[user, node] = logp
-        return out
 
     @torch.inference_mode()
     def recommend(self, histories: Sequence[Sequence[str]], k: int,
@@ -205,7 +236,7 @@ class HFRecommender:
             batch = histories[start : start + self.batch_size]
             skip = [exclude[start + i] if exclude else () for i in range(len(batch))]
             if self.mode == "exact":
-                scores = self.score_all(batch)
+                scores = self._memo_scores(batch)
                 for u, banned in enumerate(skip):
                     cols = [index[i] for i in banned if i in index]
                     if cols:
@@ -221,6 +252,19 @@ class HFRecommender:
             items_out += [[i for i, _ in r] for r in ranked]
             scores_out += [[v for _, v in r] for r in ranked]
         return pad_rows(items_out, scores_out, k)
+
+    def _memo_scores(self, batch: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Exact scores, remembered per history: evaluating the same users again (e.g. with
+        seen items excluded) costs nothing. The memo holds the last 4,096 histories."""
+        memo: dict[tuple[str, ...], torch.Tensor] = self.__dict__.setdefault("_memo", {})
+        keys = [tuple(h) for h in batch]
+        missing = [k for k in dict.fromkeys(keys) if k not in memo]
+        if missing:
+            for key, row in zip(missing, self.score_all(missing), strict=True):
+                memo[key] = row
+            while len(memo) > 4096:
+                memo.pop(next(iter(memo)))
+        return torch.stack([memo[k] for k in keys]).clone()
 
     @functools.cached_property
     def _item_index(self) -> dict[str, int]:

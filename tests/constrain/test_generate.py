@@ -128,7 +128,7 @@ def test_full_width_beam_ranks_like_exact_full_ranking(stack: tuple[Any, Any],
                                                        sid_map: SemanticIdMap) -> None:  # fmt: skip
     tokenizer, model = stack
     trie = ItemTrie.from_sid_map(sid_map, tokenizer, tokenizer.eos_token_id)
-    rec = HFRecommender(model, StaticPrompts(tokenizer), trie, batch_size=2, exact_rows=7)  # type: ignore[arg-type]
+    rec = HFRecommender(model, StaticPrompts(tokenizer), trie, batch_size=2, exact_memory_mb=1)  # type: ignore[arg-type]
     histories = [["liked"], ["movie", "then", "next"], []]
     n = len(sid_map)
     exact = rec.score_all(histories)
