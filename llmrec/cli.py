@@ -97,6 +97,47 @@ def cmd_instruct_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_sft(args: argparse.Namespace) -> int:
+    """llmrec train sft."""
+    from llmrec.train.config import SFTStageConfig
+    from llmrec.train.sft import format_summary, train_sft
+
+    cfg = load_config(SFTStageConfig, args.config, args.overrides)
+    eval_fn = None
+    if args.val_users > 0:
+        from llmrec.eval.validation import make_validation_fn
+
+        eval_fn = make_validation_fn(args.run, max_users=args.val_users, mode=args.val_mode,
+                                     num_beams=args.val_beams)  # fmt: skip
+    folder = train_sft(cfg, args.run, force=args.force, resume=not args.no_resume,
+                       eval_fn=eval_fn)  # fmt: skip
+    print(format_summary(folder))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """llmrec export."""
+    from llmrec.train.export import export_model
+
+    folder = export_model(args.run, args.out, dtype=args.dtype, force=args.force)
+    print(f"wrote {folder}/ (merged HF checkpoint, tokenizer, sid_map.json): load it with "
+          "AutoModelForCausalLM.from_pretrained or vLLM")  # fmt: skip
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """llmrec eval."""
+    from llmrec.eval.report import results_table
+    from llmrec.eval.stage import EvalStageConfig, run_eval
+
+    cfg = load_config(EvalStageConfig, args.config, args.overrides)
+    rows = run_eval(cfg, args.run, force=args.force)
+    k = 10 if 10 in cfg.protocol.ks else cfg.protocol.ks[0]
+    print(results_table(rows, k))
+    print(f"\nwrote {args.run}/eval/ (results.json, table.txt, plot.png, per-user parquet)")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """llmrec quickstart: the whole pipeline on the embedded default dataset (ML-100K)."""
     import json
@@ -137,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
               data   load interactions, filter, split      → <run>/data/
               index  semantic IDs for every item           → <run>/sids/
               instruct  instruction datasets + SID tokenizer → <run>/instruct/
+              train  supervised fine-tuning (full, LoRA, QLoRA) → <run>/sft/
+              export merge LoRA into one HF checkpoint      → <run>/export/
+              eval   the run's model beside Pop and SASRec  → <run>/eval/
             Start with `llmrec quickstart`, or `llmrec data prepare --run runs/ml100k`."""),
         formatter_class=fmt,
     )
@@ -211,6 +255,59 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_common(ibuild)
     ibuild.set_defaults(func=cmd_instruct_build)
+
+    from llmrec.train.config import SFTStageConfig
+    from llmrec.train.sft import add_sft_arguments
+
+    train = stages.add_parser(
+        "train",
+        help="fine-tune a causal LM on the run's instructions",
+        description="Training stages.",
+    )
+    train_verbs = train.add_subparsers(dest="verb", metavar="<verb>", required=True)
+    sft = train_verbs.add_parser(
+        "sft", formatter_class=fmt, help="supervised fine-tuning into <run>/sft",
+        description="SFT with TRL (full, LoRA or QLoRA) on <run>/instruct; checkpoints resume "
+        "after a crash. Many processes: accelerate launch --config_file "
+        "recipes/accelerate/<profile>.yaml -m llmrec.train.sft --run-dir <run> --config ...",
+        epilog=_config_epilog(SFTStageConfig),
+    )  # fmt: skip
+    add_sft_arguments(sft)
+    sft.add_argument("--val-users", type=int, default=200,
+                     help="validation users for constrained Recall/NDCG@10 during training "
+                     "(0: off)")  # fmt: skip
+    sft.add_argument(
+        "--val-mode", choices=["beam", "exact"], default="beam", help="decoding for that validation"
+    )
+    sft.add_argument("--val-beams", type=int, default=20, help="beam width for it")
+    sft.set_defaults(func=cmd_train_sft)
+
+    export = stages.add_parser(
+        "export", help="merge LoRA into a plain HF checkpoint (vLLM loads it)",
+        description="Merge the run's SFT model (LoRA into its base, extended vocabulary "
+        "included) into one HF checkpoint with tokenizer and SID map.",
+    )  # fmt: skip
+    export.add_argument("--run", default=DEFAULT_RUN, help="run directory (or an sft folder)")
+    export.add_argument("--out", help="output folder (default <run>/export)")
+    export.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="weights dtype (default: as trained)",
+    )
+    export.add_argument("--force", action="store_true", help="overwrite an existing export")
+    export.set_defaults(func=cmd_export)
+
+    from llmrec.eval.stage import EvalStageConfig
+
+    evaluate = stages.add_parser(
+        "eval", formatter_class=fmt, help="evaluate the run's model beside Pop and SASRec",
+        description="Full-ranking evaluation on the run's split: the SFT model (constrained "
+        "decoding), Pop and SASRec by the same code path, with seen items kept and excluded; "
+        "prints a side-by-side table and saves <run>/eval/ (JSON, plot).",
+        epilog=_config_epilog(EvalStageConfig),
+    )  # fmt: skip
+    _add_common(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 
