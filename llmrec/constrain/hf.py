@@ -41,12 +41,13 @@ class TrieLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Constrain one decoding step (rows = batch × beams)."""
         generated = input_ids[:, self.prompt_length :]
-        banned = None
+        banned = rows = None
         if self.banned is not None:
+            banned = self.banned.to(scores.device)
             # HF lays rows out prompt-major: rows_per_prompt consecutive rows per prompt.
-            banned = self.banned.to(scores.device).repeat_interleave(self.rows_per_prompt, 0)
+            rows = torch.arange(scores.shape[0], device=scores.device) // self.rows_per_prompt
         trie = self._trie_on(scores.device)
-        return trie.constrain(scores, generated, banned)  # type: ignore[return-value]
+        return trie.constrain(scores, generated, banned, rows)  # type: ignore[return-value]
 
 
 # Generation settings that act *before* custom logits processors in HF and could otherwise

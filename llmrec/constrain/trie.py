@@ -229,11 +229,13 @@ class ItemTrie:
         return banned
 
     def constrain(self, scores: torch.Tensor, generated: torch.Tensor,
-                  banned: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                  banned: torch.Tensor | None = None,
+                  banned_rows: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """Scores with everything but the allowed next tokens set to -inf.
 
-        ``banned`` [rows, N] (from ``banned_nodes``, one row per score row) also forbids the
-        tokens leading into banned nodes.
+        ``banned`` [P, N] (from ``banned_nodes``) also forbids the tokens leading into banned
+        nodes; score row r uses ban row ``banned_rows[r]`` (default: row r). The ban matrix is
+        read through a flat index, never repeated per beam.
         """
         nodes = self.walk(generated)
         allowed = self.allowed(nodes, generated.shape[1])
@@ -242,7 +244,10 @@ class ItemTrie:
             _, children, valid = self.children(nodes, generated.shape[1])
             # Padding columns repeat a real edge, so they take its ban too: a duplicate index
             # left unblocked could win the scatter below.
-            blocked = valid[:, :1] & banned.gather(1, children)
+            rows = (torch.arange(len(children), device=children.device) if banned_rows is None
+                    else banned_rows)  # fmt: skip
+            flat = banned.reshape(-1)[rows[:, None] * banned.shape[1] + children]
+            blocked = valid[:, :1] & flat
             kept = kept.masked_fill(blocked, float("-inf"))
         # An earlier processor (min_new_tokens, bad words, ...) may have pushed every allowed
         # token to -inf; then choose among them uniformly rather than emit an invalid item.
