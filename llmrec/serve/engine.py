@@ -1,0 +1,181 @@
+"""Building the vLLM engine llmrec serves with, and ``VLLMRecommender`` on top of it.
+
+One engine serves everything: the trie processor is installed once and turned on per request,
+prefix caching shares each user's prompt between beam steps, and logprobs come back as the
+constrained raw log-probabilities (``logprobs_mode="processed_logits"``; see
+``llmrec.serve.processor``). With ``enable_lora`` the same engine serves many LoRA adapters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmrec.constrain.trie import ItemTrie
+from llmrec.recommend.base import pad_rows
+from llmrec.recommend.prompting import PromptBuilder
+from llmrec.serve.beam import Search, beam_search
+from llmrec.serve.processor import save_trie
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR = "llmrec.serve.processor:TrieLogitsProcessor"
+
+
+@dataclass
+class EngineConfig:
+    """vLLM engine settings (the ones that matter for constrained recommendation)."""
+
+    dtype: str = field(default="auto", metadata={"help": "weights dtype (auto: as saved)"})
+    max_model_len: int = field(default=2048, metadata={"help": "longest prompt + item, tokens"})
+    block_size: int = field(
+        default=32,
+        metadata={"help": "KV-cache block size; 32 on CPU so short prompts hit the prefix cache"},
+    )
+    enforce_eager: bool = field(
+        default=True, metadata={"help": "skip graph capture/compilation (CPU start: 25 s vs 75 s)"}
+    )
+    max_logprobs: int = field(default=64, metadata={"help": "widest beam the engine can serve"})
+    max_num_seqs: int = field(default=256, metadata={"help": "requests per engine step"})
+    kv_cache_gb: float = field(
+        default=1.0, metadata={"help": "CPU KV cache (VLLM_CPU_KVCACHE_SPACE) if unset"}
+    )
+    gpu_memory_utilization: float = field(default=0.5, metadata={"help": "GPU only"})
+    enable_lora: bool = field(default=False, metadata={"help": "serve LoRA adapters"})
+    max_loras: int = field(default=4, metadata={"help": "adapters in one batch"})
+    max_lora_rank: int = field(default=16, metadata={"help": "largest adapter rank"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+
+def engine_kwargs(model_dir: str | Path, cfg: EngineConfig) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM`` / ``AsyncEngineArgs`` (pure)."""
+    kwargs: dict[str, Any] = {
+        "model": str(model_dir),
+        "dtype": cfg.dtype,
+        "max_model_len": cfg.max_model_len,
+        "block_size": cfg.block_size,
+        "enforce_eager": cfg.enforce_eager,
+        "enable_prefix_caching": True,
+        "logprobs_mode": "processed_logits",
+        "max_logprobs": cfg.max_logprobs,
+        "max_num_seqs": cfg.max_num_seqs,
+        "logits_processors": [PROCESSOR],
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "seed": cfg.seed,
+    }
+    if cfg.enable_lora:
+        kwargs.update(enable_lora=True, max_loras=cfg.max_loras, max_lora_rank=cfg.max_lora_rank)
+    return kwargs
+
+
+def _cpu_env(cfg: EngineConfig) -> None:
+    # vLLM's CPU backend refuses to start without a KV-cache size; never override the user's.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gb))))
+
+
+def build_llm(model_dir: str | Path, cfg: EngineConfig | None = None) -> Any:
+    """A synchronous ``vllm.LLM`` with the trie processor installed (call under ``__main__``)."""
+    from vllm import LLM
+
+    cfg = cfg or EngineConfig()
+    _cpu_env(cfg)
+    logger.info("starting vLLM on %s: %s", model_dir, asdict(cfg))
+    return LLM(**engine_kwargs(model_dir, cfg))
+
+
+def build_async_engine(model_dir: str | Path, cfg: EngineConfig | None = None) -> Any:
+    """An ``AsyncLLM`` (concurrent requests share engine batches) with the trie processor."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    cfg = cfg or EngineConfig()
+    _cpu_env(cfg)
+    logger.info("starting async vLLM on %s: %s", model_dir, asdict(cfg))
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir, cfg)))
+
+
+def trie_file(trie: ItemTrie, folder: str | Path | None = None) -> Path:
+    """Save ``trie`` where the engine process can load it, named by its content."""
+    digest = hashlib.sha256()
+    for tensor in (trie.edge_key, trie.edge_child, trie.node_item):
+        digest.update(tensor.cpu().numpy().tobytes())
+    digest.update(f"{trie.end_token_id}:{len(trie.item_ids)}".encode())
+    folder = Path(folder or Path(tempfile.gettempdir()) / "llmrec-tries")
+    path = folder / f"trie-{digest.hexdigest()[:16]}.pt"
+    return path if path.is_file() else save_trie(trie, path)
+
+
+def default_model_dir(run: str | Path) -> Path:
+    """What vLLM loads for a run: ``<run>/export`` (merged), else a full fine-tune's model."""
+    run = Path(run)
+    if (run / "export" / "config.json").is_file():
+        return run / "export"
+    if (run / "sft" / "model" / "config.json").is_file():
+        return run / "sft" / "model"
+    raise FileNotFoundError(
+        f"no servable model in {run}: run `llmrec export --run {run}` (LoRA runs must be merged "
+        "first: vLLM cannot load adapters that train new token rows)"
+    )
+
+
+@dataclass
+class VLLMRecommender:
+    """Constrained beam search on a ``vllm.LLM``, behind the ``Recommender`` protocol."""
+
+    llm: Any
+    prompts: PromptBuilder
+    trie: ItemTrie
+    num_beams: int = 20
+    batch_size: int = 64
+    lora_request: Any = None
+    trie_path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.trie_path:
+            self.trie_path = str(trie_file(self.trie))
+        self._index = {item: i for i, item in enumerate(self.trie.item_ids)}
+
+    @classmethod
+    def from_run(cls, run: str | Path, llm: Any, **kwargs: Any) -> VLLMRecommender:
+        """Prompts, SID map and trie of a run, around an engine built on its model."""
+        from llmrec.indexing.sid_map import SemanticIdMap
+
+        prompts = PromptBuilder.from_run(run)
+        sid_map = SemanticIdMap.load(Path(run) / "sids" / "sid_map.json")
+        trie = ItemTrie.from_sid_map(sid_map, prompts.tokenizer, prompts.end_token_id)
+        return cls(llm, prompts, trie, **kwargs)
+
+    def score_beam(self, histories: Sequence[Sequence[str]], width: int,
+                   exclude: Sequence[Collection[str]] | None = None
+                   ) -> list[list[tuple[str, float]]]:  # fmt: skip
+        """Per user, ``width`` (item, log-prob) pairs best first (as ``HFRecommender``'s)."""
+        searches = [
+            Search(self.prompts.encode(h), width,
+                   sorted(self._index[i] for i in (exclude[u] if exclude else ()) if i in self._index))
+            for u, h in enumerate(histories)
+        ]  # fmt: skip
+        found = beam_search(self.llm, searches, self.trie, self.trie_path, self.lora_request)
+        return [[(self.trie.item_ids[i], s) for i, s in row] for row in found]
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int,
+                  exclude: Sequence[Collection[str]] | None = None
+                  ) -> tuple[list[list[str]], np.ndarray]:  # fmt: skip
+        """Top-k catalog items per history (see ``Recommender``)."""
+        width = min(max(self.num_beams, k), len(self.trie.item_ids))
+        items: list[list[str]] = []
+        scores: list[list[float]] = []
+        for start in range(0, len(histories), self.batch_size):
+            part = histories[start : start + self.batch_size]
+            skip = exclude[start : start + len(part)] if exclude else None
+            for row in self.score_beam(part, width, skip):
+                items.append([i for i, _ in row[:k]])
+                scores.append([s for _, s in row[:k]])
+        return pad_rows(items, scores, k)
