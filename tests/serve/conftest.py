@@ -96,3 +96,30 @@ def llm(tiny_dir: tuple[Path, Any]) -> Iterator[Any]:
                                                   enable_lora=True, max_lora_rank=8))  # fmt: skip
     yield engine
     del engine
+
+
+@pytest.fixture(scope="session")
+def adapters(
+    tiny_dir: tuple[Path, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Two LoRA-only adapters of the tiny model with different random weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for name, seed in (("alice", 1), ("bob", 2)):
+        base = AutoModelForCausalLM.from_pretrained(tiny_dir[0], dtype=torch.float32)
+        torch.manual_seed(seed)
+        # init_lora_weights=False: random A and B, so each adapter changes the model at once.
+        config = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
+                                            "down_proj", "gate_proj"])  # fmt: skip
+        model = get_peft_model(base, config)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.mul_(20.0)  # strong enough to move the ranking
+        folder = tmp_path_factory.mktemp("lora") / name
+        model.save_pretrained(folder)
+        out[name] = folder
+    return out
