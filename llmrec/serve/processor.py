@@ -179,5 +179,5 @@ class TrieLogitsProcessor(LogitsProcessor):
             if any(r.exclude for r in rows):
                 banned = torch.stack([self._ban_row(path, r.exclude) for r in rows])
                 banned_rows = torch.arange(len(rows), device=logits.device)
-            logits[idx] = trie.constrain(scores, generated, banned, banned_rows, inplace=True)
+            logits[idx] = trie.constrain(scores, generated, banned, banned_rows)
         return logits

@@ -43,6 +43,8 @@ def client(tiny_dir: tuple[Path, Any], adapters: dict[str, Path]) -> Iterator[An
     app = create_app(make_backend, catalog, Limits(max_k=20, max_history=8))
     with TestClient(app) as test_client:
         test_client.items = items  # type: ignore[attr-defined]
+        test_client.prompts = TextPrompts(tokenizer, sid_map)  # type: ignore[attr-defined]
+        test_client.trie = trie  # type: ignore[attr-defined]
         yield test_client
 
 
@@ -94,6 +96,17 @@ def test_concurrent_requests(client: Any) -> None:
     assert [x["item_id"] for x in alone] == [x["item_id"] for x in responses[3].json()["items"]]
 
 
+def test_greedy_is_a_beam_of_one(client: Any, llm: Any, tiny_dir: tuple[Path, Any]) -> None:
+    from llmrec.serve.engine import VLLMRecommender
+
+    items = client.items
+    rec = VLLMRecommender(llm, client.prompts, client.trie)
+    for h in ([items[1], items[2]], [items[7]], []):
+        got = client.post("/v1/recommend", json={"history": h, "k": 1, "num_beams": 1}).json()
+        want = rec.score_beam([h], 1, [set(h)])[0]
+        assert [(x["item_id"], pytest.approx(x["score"], abs=1e-3)) for x in got["items"]] == want
+
+
 @pytest.mark.parametrize(("body", "status", "needle"), [
     ({}, 422, "exactly one of user_id or history"),
     ({"user_id": "u1", "history": []}, 422, "exactly one"),
@@ -108,6 +121,8 @@ def test_concurrent_requests(client: Any) -> None:
     ({"history": [1, 2]}, 422, "history"),
     ({"history": ["x"] * 9}, 413, "at most 8"),
     ({"history": [], "adapter": "carol"}, 404, "unknown adapter"),
+    ({"history": [], "num_beams": 0}, 422, "num_beams must be between 1 and 64"),
+    ({"history": [], "num_beams": 65}, 422, "num_beams"),
     ({"user_id": "u2", "k": 20, "exclude_seen": True}, 200, ""),
     ({"user_id": "u1", "k": 20, "exclude_seen": True}, 200, ""),
     ({"history": [], "user_id": None}, 200, ""),

