@@ -24,9 +24,15 @@ class TrieLogitsProcessor(LogitsProcessor):
     """Mask scores to the tokens that continue some catalog item."""
 
     def __init__(self, trie: ItemTrie, prompt_length: int, banned: torch.Tensor | None = None,
-                 rows_per_prompt: int = 1) -> None:  # fmt: skip
+                 rows_per_prompt: int = 1, inplace: bool = False) -> None:  # fmt: skip
         """``banned`` [n_prompts, N] (``ItemTrie.banned_nodes``) excludes items per prompt;
-        ``rows_per_prompt`` is how many score rows each prompt has (beams or samples)."""
+        ``rows_per_prompt`` is how many score rows each prompt has (beams or samples).
+
+        ``inplace`` masks the scores HF passes in instead of a fresh copy, which saves an
+        allocation of rows × vocabulary per step. Safe unless the caller keeps that tensor:
+        HF's greedy and sampling loops do when ``output_logits`` is on (beam search never does).
+        """
+        self.inplace = inplace
         self.trie = trie
         self.prompt_length = prompt_length
         self.banned = banned
@@ -47,7 +53,7 @@ class TrieLogitsProcessor(LogitsProcessor):
             # HF lays rows out prompt-major: rows_per_prompt consecutive rows per prompt.
             rows = torch.arange(scores.shape[0], device=scores.device) // self.rows_per_prompt
         trie = self._trie_on(scores.device)
-        return trie.constrain(scores, generated, banned, rows)  # type: ignore[return-value]
+        return trie.constrain(scores, generated, banned, rows, inplace=self.inplace)  # type: ignore[return-value]
 
 
 # Generation settings that act *before* custom logits processors in HF and could otherwise
@@ -78,6 +84,14 @@ def constrained_generate_kwargs(model: Any, trie: ItemTrie, prompt_length: int,
     if changed:
         warnings.warn("constrained decoding ignores " + ", ".join(changed) + " (they could "
                       "remove every valid item token)", stacklevel=2)  # fmt: skip
+    n_items = len(trie.item_ids)
+    if (overrides.get("num_return_sequences") or 1) > n_items:
+        # Beam search would pad the answer with sequences that name no item.
+        warnings.warn(f"num_return_sequences={overrides['num_return_sequences']} exceeds the "
+                      f"{n_items} catalog items; returning {n_items}", stacklevel=2)  # fmt: skip
+        overrides["num_return_sequences"] = n_items
+    # HF keeps the tensor handed to the processors only for ``output_logits``.
+    keeps_logits = bool(overrides.get("output_logits", getattr(config, "output_logits", False)))
     kwargs.update(
         max_new_tokens=trie.depth,
         eos_token_id=trie.end_token_id,
@@ -90,6 +104,7 @@ def constrained_generate_kwargs(model: Any, trie: ItemTrie, prompt_length: int,
                     overrides.get("num_beams", 1) or 1,
                     overrides.get("num_return_sequences", 1) or 1,
                 ),
+                inplace=not keeps_logits,
             )
         ],
         renormalize_logits=False,

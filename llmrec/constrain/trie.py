@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from llmrec.constrain.dense import DepthTable, build_tables, mask_scores
+
 logger = logging.getLogger(__name__)
 
 DEAD = -1  # the generated tokens left the trie (only possible without the constraint)
 FINISHED = -2  # a terminal node was passed; whatever follows (padding) is ignored
+KEY_BASE = 1 << 32  # edge_key = parent * KEY_BASE + token
+_DENSE = True  # tests switch the dense fast path off to compare it with the general one
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +48,32 @@ class ItemTrie:
     max_children: tuple[int, ...]  # per depth: the widest node at that depth
     item_ids: tuple[str, ...]
     end_token_id: int
+    # Derived in __post_init__: per depth, the range of edges leaving that depth's nodes
+    # (plain ints, so walks slice them without touching the device), whether any token but
+    # the end token can follow there, and the dense tables of the fast path (``dense.py``).
+    depth_edges: tuple[tuple[int, int], ...] = field(init=False, repr=False)
+    depth_open: tuple[bool, ...] = field(init=False, repr=False)
+    tables: tuple[DepthTable | None, ...] = field(init=False, repr=False)
+    end_column: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        offset = self.node_offset.cpu()
+        token = self.edge_token.cpu()
+        parent = self.edge_key.cpu() // self.key_base
+        edges, is_open = [], []
+        lo_node, hi_node = 0, 1  # nodes are numbered depth by depth; the root is depth 0
+        for _ in range(self.depth):
+            e0, e1 = int(offset[lo_node]), int(offset[min(hi_node, offset.numel() - 1)])
+            edges.append((e0, e1))
+            is_open.append(bool((token[e0:e1] != self.end_token_id).any()))
+            lo_node, hi_node = hi_node, hi_node + (e1 - e0)
+        tables = build_tables(offset, token, parent, self.end_token_id, self.max_children)
+        device = self.edge_key.device
+        moved = tuple(None if t is None else t.to(device) for t in tables)
+        object.__setattr__(self, "depth_edges", tuple(edges))
+        object.__setattr__(self, "depth_open", tuple(is_open))
+        object.__setattr__(self, "tables", moved)
+        object.__setattr__(self, "end_column", torch.tensor([self.end_token_id], device=device))
 
     # ---- building -----------------------------------------------------------------------
 
@@ -62,7 +92,11 @@ class ItemTrie:
         if (last != end_token_id).any():
             bad = int(np.flatnonzero(last != end_token_id)[0])
             raise ValueError(f"item {item_ids[bad]!r}: sequence does not end with the end token")
-        key_base = int(seqs.max()) + 1
+        # 2**32: no token id (negative junk included) can make one node's key alias another's,
+        # so the walk in ``constrain`` needs no range checks.
+        key_base = KEY_BASE
+        if seqs.max() >= KEY_BASE:
+            raise ValueError(f"token ids must be below {KEY_BASE}")
         n_items, depth = seqs.shape
         node = np.zeros(n_items, dtype=np.int64)  # everyone starts at the root
         next_id = 1
@@ -118,7 +152,9 @@ class ItemTrie:
         codes = sid_map.codes
         seqs = np.stack([tables[lv][codes[:, lv]] for lv in range(sid_map.levels)]
                         + [np.full(len(codes), end_token_id)], axis=1)  # fmt: skip
-        for row, sid in zip(seqs[:check], sid_map.all_sids()[:check], strict=False):
+        # Format only the SIDs checked: all of them would take seconds at 1M items.
+        checked = ["".join(sid_map.token(lv, c) for lv, c in enumerate(r)) for r in codes[:check]]
+        for row, sid in zip(seqs[:check], checked, strict=True):
             got = tokenizer(sid, add_special_tokens=False)["input_ids"]
             if list(got) != row[:-1].tolist():
                 raise ValueError(f"SID {sid!r} tokenises as {got}, not as its {sid_map.levels} "
@@ -144,8 +180,9 @@ class ItemTrie:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the tensors."""
-        return sum(
+        """Memory held by the tensors (dense mask tables included)."""
+        tables = sum(t.nbytes for t in self.tables if t is not None)
+        return tables + sum(
             t.numel() * t.element_size()
             for t in (
                 self.edge_key,
@@ -158,23 +195,37 @@ class ItemTrie:
 
     # ---- queries (vectorised over a batch) ---------------------------------------------------
 
-    def step(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Follow one token from each node; off-trie → DEAD, after a terminal → FINISHED."""
+    def step(
+        self, nodes: torch.Tensor, tokens: torch.Tensor, depth: int | None = None
+    ) -> torch.Tensor:
+        """Follow one token from each node; off-trie → DEAD, after a terminal → FINISHED.
+
+        With ``depth`` (every live node is at that depth) only that depth's edges are searched.
+        """
         live = nodes >= 0
         safe = nodes.clamp(min=0)
         terminal = self.node_offset[safe + 1] == self.node_offset[safe]
         key = safe * self.key_base + tokens.clamp(min=0, max=self.key_base - 1)
-        pos = torch.searchsorted(self.edge_key, key).clamp(max=self.edge_key.numel() - 1)
-        found = (self.edge_key[pos] == key) & (tokens >= 0) & (tokens < self.key_base)
-        child = torch.where(found, self.edge_child[pos], torch.full_like(nodes, DEAD))
-        out = torch.where(live & terminal, torch.full_like(nodes, FINISHED), child)
+        keys, child = self.edge_key, self.edge_child
+        if depth is not None and depth < self.depth:
+            e0, e1 = self.depth_edges[depth]
+            keys, child = keys[e0:e1], child[e0:e1]
+        if keys.numel() == 0:
+            found = torch.zeros_like(live)
+            child_of = torch.full_like(nodes, DEAD)
+        else:
+            pos = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
+            found = (keys[pos] == key) & (tokens >= 0) & (tokens < self.key_base)
+            child_of = child[pos]
+        out = torch.where(found, child_of, DEAD)
+        out = torch.where(live & terminal, FINISHED, out)
         return torch.where(live, out, nodes)
 
     def walk(self, generated: torch.Tensor) -> torch.Tensor:
         """The node reached by each row of generated token ids [B, T] (T may be 0)."""
         nodes = torch.zeros(generated.shape[0], dtype=torch.long, device=generated.device)
         for t in range(generated.shape[1]):
-            nodes = self.step(nodes, generated[:, t])
+            nodes = self.step(nodes, generated[:, t], depth=t)
         return nodes
 
     def children(self, nodes: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor,
@@ -229,32 +280,69 @@ class ItemTrie:
         return banned
 
     def constrain(self, scores: torch.Tensor, generated: torch.Tensor,
-                  banned: torch.Tensor | None = None,
-                  banned_rows: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                  banned: torch.Tensor | None = None, banned_rows: torch.Tensor | None = None,
+                  inplace: bool = False) -> torch.Tensor:  # fmt: skip
         """Scores with everything but the allowed next tokens set to -inf.
 
         ``banned`` [P, N] (from ``banned_nodes``) also forbids the tokens leading into banned
         nodes; score row r uses ban row ``banned_rows[r]`` (default: row r). The ban matrix is
-        read through a flat index, never repeated per beam.
+        read through a flat index, never repeated per beam. A row whose allowed tokens all
+        score -inf (an earlier processor, or bans) gets 0 on each of them instead: better a
+        uniform choice among valid items than an invalid one. ``inplace`` writes into
+        ``scores`` instead of a fresh tensor (one allocation of rows × vocabulary less).
         """
+        depth = generated.shape[1]
+        end = self.end_token_id
+        if _DENSE and banned is None:
+            if depth >= self.depth or not self.depth_open[depth]:
+                # Only the end token can follow anywhere at this depth: no walk needed.
+                kept = scores.index_select(1, self.end_column).nan_to_num_(neginf=0.0)
+                out = scores.fill_(-torch.inf) if inplace else torch.full_like(scores, -torch.inf)
+                return out.index_copy_(1, self.end_column, kept)
+            table = self.tables[depth]
+            if table is not None:
+                return mask_scores(scores, table, self._table_rows(generated, table), inplace)
         nodes = self.walk(generated)
-        allowed = self.allowed(nodes, generated.shape[1])
+        tokens, children, valid = self.children(nodes, depth)
+        open_row = valid[:, :1]
+        # Terminal, finished and dead rows may only continue with the end token, so finished
+        # sequences can be padded and sampling never sees a row without a finite score.
+        allowed = torch.where(open_row, tokens, end)
         kept = scores.gather(1, allowed)
         if banned is not None:
-            _, children, valid = self.children(nodes, generated.shape[1])
-            # Padding columns repeat a real edge, so they take its ban too: a duplicate index
-            # left unblocked could win the scatter below.
+            # Padding columns repeat a real edge and so take its ban too.
             rows = (torch.arange(len(children), device=children.device) if banned_rows is None
                     else banned_rows)  # fmt: skip
             flat = banned.reshape(-1)[rows[:, None] * banned.shape[1] + children]
-            blocked = valid[:, :1] & flat
-            kept = kept.masked_fill(blocked, float("-inf"))
-        # An earlier processor (min_new_tokens, bad words, ...) may have pushed every allowed
-        # token to -inf; then choose among them uniformly rather than emit an invalid item.
-        stuck = torch.isneginf(kept).all(dim=1, keepdim=True)
-        kept = torch.where(stuck, torch.zeros_like(kept), kept)
-        out = torch.full_like(scores, float("-inf"))
+            kept = kept.masked_fill(open_row & flat, float("-inf"))
+        stuck = kept.amax(1, keepdim=True).isneginf()
+        if scores.device.type != "cpu" or bool(stuck.any()):
+            kept = torch.where(stuck, 0.0, kept)
+        out = scores.fill_(float("-inf")) if inplace else torch.full_like(scores, -torch.inf)
         return out.scatter_(1, allowed, kept)
+
+    def _table_rows(self, generated: torch.Tensor, table: DepthTable) -> torch.Tensor | None:
+        """Each beam's row in ``table`` (its depth's; None at the root): through the tables'
+        transitions when every depth above has one, else a lean CSR walk (6 ops a token)."""
+        depth = generated.shape[1]
+        if depth == 0:
+            return None
+        above = self.tables[:depth]
+        if all(t is not None and t.next_row is not None for t in above):
+            rows = torch.zeros(generated.shape[0], dtype=torch.int32, device=generated.device)
+            for t, tab in enumerate(above):
+                rows = tab.step(rows, generated[:, t])  # type: ignore[union-attr]
+            return rows
+        # Dead and finished beams land on node N, past every key, hence on the sentinel row.
+        n_nodes = self.node_offset.numel() - 1
+        nodes = torch.zeros(generated.shape[0], dtype=torch.long, device=generated.device)
+        for t in range(depth):
+            e0, e1 = self.depth_edges[t]
+            keys = self.edge_key[e0:e1]
+            key = torch.add(generated[:, t], nodes, alpha=self.key_base)
+            pos = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
+            nodes = torch.where(keys[pos] == key, self.edge_child[e0:e1][pos], n_nodes)
+        return (nodes - table.first_node).clamp_(0, table.allowed.shape[0] - 1)
 
     def items_of(self, generated: torch.Tensor) -> list[str | None]:
         """The item each row of generated tokens names (None if it names none)."""

@@ -89,14 +89,14 @@ class HFRecommender:
             index = self._item_index
             banned = self.trie.banned_nodes([[index[i] for i in ex if i in index]
                                              for ex in exclude])  # fmt: skip
+        # With one beam HF runs greedy search, which has no sequence scores: keep the raw
+        # logits instead (the processor then leaves HF's tensor alone).
         kwargs = constrained_generate_kwargs(
             self.model, self.trie, ids.shape[1], banned, num_beams=width,
-            num_return_sequences=width,
+            num_return_sequences=width, output_logits=width == 1,
             do_sample=False, length_penalty=0.0, early_stopping=True, output_scores=True,
             return_dict_in_generate=True,
         )  # fmt: skip
-        if width == 1:  # HF runs greedy search then, which has no sequence scores
-            kwargs.update(output_logits=True, num_return_sequences=1)
         out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         generated = out.sequences[:, ids.shape[1] :]
         items = self.trie.items_of(generated)
@@ -108,11 +108,12 @@ class HFRecommender:
             scores = chosen.masked_fill(steps[None, :] >= self.trie.depth, 0).sum(1).tolist()
         else:
             scores = out.sequences_scores.float().cpu().tolist()
+        per_user = len(items) // len(histories)  # fewer than width for a tiny catalog
         ranked: list[list[tuple[str, float]]] = []
         for u in range(len(histories)):
             seen: set[str] = set()
             row: list[tuple[str, float]] = []
-            for r in range(u * width, (u + 1) * width):
+            for r in range(u * per_user, (u + 1) * per_user):
                 # When fewer items remain than beams, HF's placeholder beams (score -1e9) fill
                 # the rest, repeating items: keep each item once, and only real scores.
                 item = items[r]

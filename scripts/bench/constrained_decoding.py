@@ -8,21 +8,17 @@ K = 10 returned sequences; prompts of ~100–130 tokens (a rendered history of S
    wrapped with ``time.perf_counter`` (on CUDA, synchronised before each clock read) during
    ``model.generate(num_beams=50, num_return_sequences=10)``. Methods:
 
-   * ``trie``: the library's ``TrieLogitsProcessor``;
+   * ``trie``: the library's ``TrieLogitsProcessor`` as ``constrained_generate_kwargs`` sets it up
+     for beam search (masking HF's ``log_softmax`` output in place);
+   * ``trie_fresh``: the same writing into a fresh (rows × |V|) tensor, as it does when HF keeps
+     the tensor it passes in (greedy or sampling with ``output_logits``);
    * ``dict_baseline``: ``DictPrefixProcessor``, a re-implementation, written for this benchmark,
      of the technique MiniOneRec's ``LogitProcessor.py`` uses (a Python dict keyed by the
      ``'-'.join`` of token-id prefixes; per step a ``log_softmax`` over the vocabulary, a fresh
      (B·K × |V|) mask, and a Python loop over every beam: ``.tolist()``, string key, dict lookup,
      index-assign). It is not their code;
-   * ``trie_proto``: ``ProtoTrieProcessor``, a PROTOTYPE written for this benchmark (not the
-     library) of a cheaper ``ItemTrie.constrain``: per-depth edge-key slices, one fused
-     ``node * base + token`` key, a sentinel node instead of DEAD/FINISHED bookkeeping,
-     precomputed per-node edge ranges, and exclusions looked up per prompt instead of
-     materialising a (rows × nodes) table. Its scores are checked equal to the library's;
-   * ``trie_proto_inplace``: the prototype masking HF's scores tensor in place instead of
-     filling a fresh (rows × |V|) one (safe in beam search; see the class docstring);
-   * ``trie+banned`` / ``trie_proto+banned``: the same with per-prompt exclusions (35 items
-     each), as ``HFRecommender`` uses them (100k and 1M catalogs).
+   * ``trie+banned``: ``trie`` with per-prompt exclusions (35 items each), as
+     ``HFRecommender`` uses them (100k and 1M catalogs).
 
    The per-search figure (``search_ms``) is the sum over step positions of the median time at
    that position across repetitions (robust to bursts of load from other processes); the
@@ -289,100 +285,6 @@ class DictPrefixProcessor(LogitsProcessor):
         return scores + mask  # type: ignore[return-value]
 
 
-# ---- the prototype ---------------------------------------------------------------------------
-
-
-class ProtoTrieProcessor(LogitsProcessor):
-    """PROTOTYPE, not the library: ``TrieLogitsProcessor`` + ``ItemTrie.constrain`` restructured.
-
-    Same results as the library (checked bit for bit in this benchmark); what changes:
-
-    * **walk**: one ``searchsorted`` per generated token, over *that depth's* edge keys only
-      (256 keys at depth 0, 65k at depth 1, ... instead of all edges each time), with the key
-      ``node * base + token`` made by one fused ``torch.add(..., alpha=base)``; ``base`` is at
-      least the vocabulary size, so no clamping of tokens is needed and keys never alias;
-    * **states**: DEAD, FINISHED and terminal nodes are one sentinel node whose only edge is the
-      end token, so the per-step ``where``/``full_like`` bookkeeping disappears;
-    * **allowed tokens**: per-node first/last edge indices precomputed (terminal nodes and the
-      sentinel point at the end-token edge): ``token[min(first + arange(w), last)]``, 5 ops;
-    * **stuck rows**: one ``amax`` over [rows, width]; on CPU the ``where`` runs only when a row
-      is actually stuck;
-    * **exclusions**: ``banned[prompt_of_row, child]`` gathers [rows, width] entries from the
-      per-prompt [prompts, nodes] table, with the child nodes from the same index as the
-      tokens (the library's first version ``repeat_interleave``-d the table to [rows, nodes]
-      every step, 826 MB per step at 1M items and 400 rows; it now reads a flat index too);
-    * ``inplace=True`` (measured separately): the scores are masked in place instead of into a
-      fresh [rows, vocabulary] tensor. HF's beam search passes a temporary (``log_softmax``
-      output; ``output_scores`` clones after the processors), so this is safe there; greedy and
-      sampling pass the logits they also keep for ``output_logits``, so a library version would
-      switch it on only when ``output_logits`` is off (``constrained_generate_kwargs`` knows).
-    """
-
-    def __init__(self, trie: ItemTrie, prompt_length: int, vocab_size: int,
-                 banned: torch.Tensor | None = None, rows_per_prompt: int = 1,
-                 inplace: bool = False) -> None:  # fmt: skip
-        dev = trie.device
-        self.inplace = inplace
-        self.prompt_length = prompt_length
-        self.depth = trie.depth
-        self.base = max(trie.key_base, vocab_size)
-        self.vocab_size = vocab_size
-        off, child, token = trie.node_offset, trie.edge_child, trie.edge_token
-        n_nodes, n_edges = off.numel() - 1, child.numel()
-        key = (trie.edge_key // trie.key_base) * self.base + token  # same order as edge_key
-        first = [0, 1]  # first node id of each depth: nodes are numbered depth by depth
-        while len(first) <= self.depth + 1:
-            lo, hi = first[-2], first[-1]
-            first.append(hi + int(off[hi] - off[lo]))
-        self.keys, self.child = [], []
-        for d in range(self.depth):
-            e0, e1 = int(off[first[d]]), int(off[min(first[d + 1], n_nodes)])
-            self.keys.append(key[e0:e1].contiguous())
-            self.child.append(child[e0:e1].contiguous())
-        self.sentinel = n_nodes
-        terminal = off[1:] == off[:-1]
-        end_edge = torch.tensor([n_edges], device=dev)
-        self.token = torch.cat([token, torch.tensor([trie.end_token_id], device=dev)])
-        self.child_ext = torch.cat([child, torch.tensor([n_nodes], device=dev)])
-        self.first_edge = torch.cat([torch.where(terminal, n_edges, off[:-1]), end_edge])
-        self.last_edge = torch.cat([torch.where(terminal, n_edges, off[1:] - 1), end_edge])
-        self.offsets = [torch.arange(w, device=dev) for w in (*trie.max_children, 1)]
-        self.banned = None
-        if banned is not None:  # one extra column: the sentinel is never banned
-            self.banned = torch.cat([banned, banned.new_zeros((banned.shape[0], 1))], 1)
-        self.rows_per_prompt = rows_per_prompt
-
-    def walk(self, generated: torch.Tensor) -> torch.Tensor:
-        """The node each row reached (the sentinel once it left the trie or finished)."""
-        nodes = torch.zeros(generated.shape[0], dtype=torch.long, device=generated.device)
-        for t in range(generated.shape[1]):
-            if t >= self.depth:
-                return torch.full_like(nodes, self.sentinel)
-            keys = self.keys[t]
-            key = torch.add(generated[:, t], nodes, alpha=self.base)
-            pos = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
-            nodes = torch.where(keys[pos] == key, self.child[t][pos], self.sentinel)
-        return nodes
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """Constrain one decoding step."""
-        assert scores.shape[1] <= self.base, "vocabulary larger than the key base"
-        generated = input_ids[:, self.prompt_length :]
-        nodes = self.walk(generated)
-        offs = self.offsets[min(generated.shape[1], self.depth)]
-        idx = torch.minimum(self.first_edge[nodes][:, None] + offs, self.last_edge[nodes][:, None])
-        allowed = self.token[idx]
-        kept = scores.gather(1, allowed)
-        if self.banned is not None:
-            prompt = torch.arange(len(nodes), device=nodes.device) // self.rows_per_prompt
-            kept = kept.masked_fill(self.banned[prompt[:, None], self.child_ext[idx]], -torch.inf)
-        stuck = kept.amax(1, keepdim=True).isneginf()
-        if scores.device.type != "cpu" or bool(stuck.any()):
-            kept = torch.where(stuck, 0.0, kept)
-        out = scores.fill_(-torch.inf) if self.inplace else torch.full_like(scores, -torch.inf)
-        return out.scatter_(1, allowed, kept)  # type: ignore[return-value]
-
-
 class Timed(LogitsProcessor):
     """Wraps a processor and records the seconds each call takes (one call per step)."""
 
@@ -500,9 +402,8 @@ def step_cost(model: Any, setup: Setup, catalogs: Sequence[int], reps: int,
         trie = setup.tries[n_items]
         kwargs = gen_kwargs(model, trie, P)
         procs: dict[str, Timed] = {
-            "trie": Timed(TrieLogitsProcessor(trie, P), sync),
-            "trie_proto": Timed(ProtoTrieProcessor(trie, P, V), sync),
-            "trie_proto_inplace": Timed(ProtoTrieProcessor(trie, P, V, inplace=True), sync),
+            "trie": Timed(TrieLogitsProcessor(trie, P, inplace=True), sync),
+            "trie_fresh": Timed(TrieLogitsProcessor(trie, P), sync),
             "dict_baseline": Timed(DictPrefixProcessor(setup.tables[n_items], NUM_BEAMS, P),
                                    sync),
         }  # fmt: skip
@@ -511,32 +412,34 @@ def step_cost(model: Any, setup: Setup, catalogs: Sequence[int], reps: int,
         if n_items >= 100_000:  # the recommender's path: each prompt's history excluded
             excluded = exclusions(n_items, n_items)
             banned = trie.banned_nodes(excluded)
-            procs["trie+banned"] = Timed(TrieLogitsProcessor(trie, P, banned, NUM_BEAMS), sync)
-            procs["trie_proto+banned"] = Timed(
-                ProtoTrieProcessor(trie, P, V, banned, NUM_BEAMS), sync
+            procs["trie+banned"] = Timed(
+                TrieLogitsProcessor(trie, P, banned, NUM_BEAMS, inplace=True), sync
             )
-            n_reps["trie+banned"] = n_reps["trie_proto+banned"] = banned_reps
+            n_reps["trie+banned"] = banned_reps
         # Warm-up (its outputs are the ones checked), then the methods interleaved until each
         # has its repetitions on a quiet machine (or `retry` × as many rounds have run).
         outs = {name: generate(model, setup, kwargs, proc)[0] for name, proc in procs.items()}
         names = list(procs)
         runs: dict[str, dict[bool, list[list[float]]]] = {n: {True: [], False: []} for n in names}
         probe = LoadMonitor(0.0)
-        for r in range(retry * reps):
-            todo = [n for n in names if len(runs[n][True]) < n_reps[n]]
-            if not todo:
-                break
-            for name in todo if r % 2 == 0 else todo[::-1]:
-                procs[name].seconds.clear()
-                clean = probed(model, setup, kwargs, procs[name], probe)[3]
-                runs[name][clean].append(list(procs[name].seconds))
+        for attempt in range(retry):  # a second attempt, after a wait, if a method got no quiet run
+            if attempt:
+                if all(runs[n][True] for n in names):
+                    break
+                waited += monitor.wait_quiet()
+            for r in range(retry * reps):
+                todo = [n for n in names if len(runs[n][True]) < n_reps[n]]
+                if not todo:
+                    break
+                for name in todo if r % 2 == 0 else todo[::-1]:
+                    procs[name].seconds.clear()
+                    clean = probed(model, setup, kwargs, procs[name], probe)[3]
+                    runs[name][clean].append(list(procs[name].seconds))
         load = monitor.share()
         assert_valid(trie, outs["trie"], f"trie, {n_items} items")
-        assert torch.equal(outs["trie"], outs["trie_proto"]), "prototype differs from library"
-        assert torch.equal(outs["trie"], outs["trie_proto_inplace"]), "in-place prototype"
+        assert torch.equal(outs["trie"], outs["trie_fresh"]), "in place differs from fresh"
         if excluded is not None:
             assert_valid(trie, outs["trie+banned"], f"trie+banned, {n_items}", excluded)
-            assert torch.equal(outs["trie+banned"], outs["trie_proto+banned"]), "proto+banned"
         top_ours = items_per_prompt(trie, outs["trie"])
         top_base = items_per_prompt(trie, outs["dict_baseline"])
         base_invalid = sum(i is None for p in top_base for i in p)
@@ -578,11 +481,10 @@ def step_cost(model: Any, setup: Setup, catalogs: Sequence[int], reps: int,
             if "banned" in row["method"]:
                 row["excluded_per_prompt"] = N_EXCLUDED
         rows += block
-        t, p, q = block[0], block[1], block[2]
+        t, f = block[0], block[1]
         print(f"  {n_items:>9,} items: trie {t['search_ms']:.2f} ms/search "
-              f"({t['speedup_vs_dict']}× vs dict {d['search_ms']:.1f}), proto "
-              f"{p['search_ms']:.2f} ({p['speedup_vs_dict']}×), in place {q['search_ms']:.2f} "
-              f"({q['speedup_vs_dict']}×); top-1 agree "
+              f"({t['speedup_vs_dict']}× vs dict {d['search_ms']:.1f}), fresh tensor "
+              f"{f['search_ms']:.2f} ({f['speedup_vs_dict']}×); top-1 agree "
               f"{agree_top1}/{N_PROMPTS}; foreign CPU {load:.0%}", flush=True)  # fmt: skip
     return rows
 
@@ -612,16 +514,14 @@ def large_vocab_cost(sid_map: SemanticIdMap, device: torch.device, reps: int,
     base = base.to(device)
     sync = device.type == "cuda"
     procs: dict[str, LogitsProcessor] = {
-        "trie": TrieLogitsProcessor(trie, prompt_len),
-        "trie_proto": ProtoTrieProcessor(trie, prompt_len, V),
-        "trie_proto_inplace": ProtoTrieProcessor(trie, prompt_len, V, inplace=True),
+        "trie": TrieLogitsProcessor(trie, prompt_len, inplace=True),
+        "trie_fresh": TrieLogitsProcessor(trie, prompt_len),
         "dict_baseline": DictPrefixProcessor(table, NUM_BEAMS, prompt_len),
     }
     names = list(procs)
-    for t in range(depth):  # the prototypes give the library's scores exactly
+    for t in range(depth):  # in place and fresh give the same scores
         ref = procs["trie"](inputs[t], base.clone())
-        for name in ("trie_proto", "trie_proto_inplace"):
-            assert torch.equal(procs[name](inputs[t], base.clone()), ref), name
+        assert torch.equal(procs["trie_fresh"](inputs[t], base.clone()), ref)
         del ref
     seconds: dict[str, list[list[float]]] = {n: [[] for _ in range(depth)] for n in names}
     for r in range(reps + 1):  # the first round warms up
@@ -881,19 +781,12 @@ def make_summary(rows: list[Row], device: str) -> dict[str, Any]:
     }
     extra: dict[str, Any] = {}
     for n, tag in ((100_000, "100k"), (1_000_000, "1m")):
-        for method in (
-            "trie",
-            "trie_proto",
-            "trie_proto_inplace",
-            "dict_baseline",
-            "trie+banned",
-            "trie_proto+banned",
-        ):
+        for method in ("trie", "trie_fresh", "dict_baseline", "trie+banned"):
             name = method.replace("+", "_")
             extra[f"search_ms_{name}_{tag}"] = pick(rows, "search_ms", **cpu_step,
                                                     catalog_items=n, method=method)  # fmt: skip
-        for method in ("trie_proto", "trie_proto_inplace"):
-            extra[f"step_speedup_vs_dict_{tag}_{method.removeprefix('trie_')}"] = pick(
+        for method in ("trie_fresh", "trie+banned"):
+            extra[f"step_speedup_vs_dict_{tag}_{method.removeprefix('trie').strip('_+')}"] = pick(
                 rows, "speedup_vs_dict", **cpu_step, catalog_items=n, method=method
             )
         extra[f"step_speedup_vs_dict_{tag}_min"] = pick(
@@ -920,7 +813,7 @@ def make_summary(rows: list[Row], device: str) -> dict[str, Any]:
             method="dict_baseline",
             model_role=role,
         )
-    for method in ("trie", "trie_proto", "trie_proto_inplace"):
+    for method in ("trie", "trie_fresh"):
         extra[f"step_speedup_vs_dict_large_vocab_{method}"] = pick(
             rows, "speedup_vs_dict", part="step_cost_large_vocab", device="cpu", method=method
         )
@@ -966,9 +859,9 @@ def main() -> None:
     quick = args.quick
     sizes = [1_000, 100_000] if quick else [1_000, 100_000, 1_000_000]
     step_reps, banned_reps = (1, 1) if quick else (5, 2)
-    # (warm-up, repetitions) per model; part 1 has already warmed the tiny model up.
+    # (warm-up rounds, repetitions) per model.
     overhead_plan = (
-        {"tiny": (0, 3), "larger": (1, 2)} if quick else {"tiny": (1, 7), "larger": (1, 4)}
+        {"tiny": (1, 2), "larger": (1, 2)} if quick else {"tiny": (1, 7), "larger": (1, 4)}
     )
     t_all = time.perf_counter()
     monitor = LoadMonitor(max_wait=5.0 if quick else 45.0)
@@ -1060,8 +953,6 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "baseline": "DictPrefixProcessor: a re-implementation of MiniOneRec's technique "
                         "written for this benchmark, not their code",
-            "prototype": "ProtoTrieProcessor: a prototype of a faster constrain written for "
-                         "this benchmark, not the library",
         },
         "summary": summary,
         "rows": rows,

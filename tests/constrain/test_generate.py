@@ -168,3 +168,23 @@ def test_excluded_items_never_come_back(stack: tuple[Any, Any], mode: str) -> No
     assert len([i for i in items[0] if i]) == 10
     assert len([i for i in items[2] if i]) == 5  # only 5 items are left for the third user
     assert items[2][5:] == [""] * 5 and np.isneginf(scores[2][5:]).all()
+
+
+@pytest.mark.parametrize("output_logits", [False, True])
+def test_masking_in_place_never_touches_logits_hf_keeps(stack: tuple[Any, Any],
+                                                        output_logits: bool) -> None:  # fmt: skip
+    """The processor masks HF's tensor in place only when HF does not keep it: with
+    ``output_logits`` the returned raw logits stay unmasked, and the items are the same."""
+    tokenizer, model = stack
+    trie = ItemTrie.from_sid_map(full_map(3), tokenizer, tokenizer.eos_token_id)
+    ids, mask = prompts(tokenizer, 3)
+    kwargs = constrained_generate_kwargs(model, trie, ids.shape[1], do_sample=False,
+                                         output_logits=output_logits, output_scores=True,
+                                         return_dict_in_generate=True)  # fmt: skip
+    assert kwargs["logits_processor"][0].inplace is not output_logits
+    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert None not in trie.items_of(out.sequences[:, ids.shape[1] :])
+    finite = [torch.isfinite(s).sum(1) for s in out.scores]
+    assert all(bool((f < s.shape[1]).all()) for f, s in zip(finite, out.scores, strict=True))
+    if output_logits:  # the raw logits were not masked behind HF's back
+        assert all(bool(torch.isfinite(x).all()) for x in out.logits)

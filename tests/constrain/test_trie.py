@@ -131,3 +131,55 @@ def test_one_item_catalog_and_device_move() -> None:
     assert trie.allowed(trie.walk(gen), 1).tolist() == [[11]]
     assert trie.items_of(torch.tensor([[10, 11, END]])) == ["only"]
     assert trie.nbytes > 0 and trie.depth == 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(catalogs(), st.integers(0, 2**31), st.booleans())
+def test_window_and_gather_masking_agree(catalog: tuple[list[list[int]], list[str]], seed: int,
+                                         end_inside: bool) -> None:  # fmt: skip
+    """The dense-table fast path gives bit-identical scores to the plain gather/scatter path,
+    over mixed batches (open, finished and dead rows), -inf scores, stuck rows and bans."""
+    import llmrec.constrain.dense as dense_module
+    import llmrec.constrain.trie as trie_module
+
+    seqs, ids = catalog
+    end = 14 if end_inside else END  # 14 lies inside the level tokens' id range
+    seqs = [[t if t != END else end for t in s] for s in seqs]
+    if end_inside and any(14 in s[:-1] for s in seqs):
+        seqs = [[t + 40 if t == 14 else t for t in s[:-1]] + [end] for s in seqs]
+    fast = ItemTrie.from_sequences(padded(seqs), ids, end)
+    saved_limit = dense_module.MAX_NEXT_ROW_ENTRIES
+    dense_module.MAX_NEXT_ROW_ENTRIES = 0  # tables without transitions: the CSR walk finds rows
+    try:
+        csr_walk = ItemTrie.from_sequences(padded(seqs), ids, end)
+    finally:
+        dense_module.MAX_NEXT_ROW_ENTRIES = saved_limit
+    assert all(t is None or t.next_row is None for t in csr_walk.tables)
+    rng = np.random.default_rng(seed)
+    rows = [p for p in prefixes(seqs, rng)]
+    depth = int(rng.integers(0, max(len(r) for r in rows) + 1))
+    # One batch at one depth: truncate or pad with junk so every row has ``depth`` tokens.
+    gen = torch.tensor([(r + [int(rng.integers(4, 60)) for _ in range(depth)])[:depth]
+                        for r in rows], dtype=torch.long).reshape(len(rows), depth)  # fmt: skip
+    scores = torch.from_numpy(rng.normal(size=(len(rows), 128)).astype(np.float32))
+    scores[torch.from_numpy(rng.random((len(rows), 128)) < 0.3)] = float("-inf")
+    scores[0] = float("-inf")  # a stuck row
+    excluded = [sorted(i for i in range(len(ids)) if rng.random() < 0.5) for _ in range(2)]
+    banned = fast.banned_nodes(excluded)
+    ban_rows = torch.from_numpy(rng.integers(0, 2, len(rows)))
+    for ban in (None, banned):
+        window = fast.constrain(scores, gen, ban, ban_rows if ban is not None else None)
+        saved = trie_module._DENSE
+        trie_module._DENSE = False  # force the gather/scatter path
+        try:
+            gathered = fast.constrain(scores, gen, ban, ban_rows if ban is not None else None)
+        finally:
+            trie_module._DENSE = saved
+        assert torch.equal(window, gathered)
+        assert torch.equal(csr_walk.constrain(scores, gen, ban, ban_rows if ban is not None
+                                              else None), gathered)  # fmt: skip
+        in_place = scores.clone()
+        out = fast.constrain(in_place, gen, ban, ban_rows if ban is not None else None,
+                             inplace=True)  # fmt: skip
+        assert out.data_ptr() == in_place.data_ptr() and torch.equal(out, window)
+        assert torch.isfinite(window).any(1).all()  # every row keeps a finite score
