@@ -171,20 +171,29 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping")
         data = loaded or {}
-    # Start from the defaults so overrides can reach into nested sections that the file omits.
-    merged = apply_overrides(_deep_merge(to_dict(cls()), data), overrides)
+    return build_config(cls, data, overrides, f" (from {path})" if path is not None else "")
+
+
+def build_config(cls: type[T], data: Mapping[str, Any], overrides: Iterable[str] = (),
+                 source: str = "") -> T:  # fmt: skip
+    """``cls`` from its defaults, then ``data`` (e.g. a YAML section), then dotted overrides."""
+    # Start from the defaults so overrides can reach into nested sections that data omits.
+    merged = apply_overrides(_deep_merge(to_dict(cls()), data, cls), overrides)
     try:
         return from_dict(cls, merged)
     except ConfigError as err:
-        source = f" (from {path})" if path is not None else ""
         raise ConfigError(f"{err}{source}") from None
 
 
-def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any], cls: Any) -> dict[str, Any]:
+    """``top`` over ``base``, recursing only into nested config sections: a mapping-valued
+    field (e.g. a task mixture) is replaced whole, never merged with its default."""
+    hints = typing.get_type_hints(cls) if _is_dataclass_type(cls) else {}
     out = dict(base)
     for k, v in top.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and out[k]:
-            out[k] = _deep_merge(out[k], v)
+        section = hints.get(k)
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and _is_dataclass_type(section):
+            out[k] = _deep_merge(out[k], v, section)
         else:
             out[k] = v
     return out

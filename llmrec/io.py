@@ -131,8 +131,11 @@ class StageDir:
         if not force and self.is_done(config_hash):
             logger.info("%s is up to date (config %s); skipping", self.path, config_hash)
             return False
-        self.run.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.stage}.", suffix=".tmp", dir=self.run))
+        # The temporary and old folders sit beside the stage folder (same file system, so the
+        # swap is an atomic rename), also for nested stages such as "baselines/sasrec".
+        parent, name = self.path.parent, self.path.name
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
         os.chmod(tmp, 0o777 & ~_umask())
         try:
             extra = fill(tmp) or {}
@@ -140,7 +143,7 @@ class StageDir:
             (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
             old = None
             if self.path.exists():
-                old = self.run / f".{self.stage}.old"
+                old = parent / f".{name}.old"
                 if old.exists():
                     shutil.rmtree(old)
                 os.replace(self.path, old)

@@ -86,3 +86,10 @@ def test_recipes_load() -> None:
     assert recipes
     for path in recipes:
         load_config(DataConfig, path)
+
+
+def test_a_mapping_field_in_a_file_replaces_its_default(tmp_path: Path) -> None:
+    from llmrec.instruct.build import InstructConfig
+
+    (tmp_path / "c.yaml").write_text("tasks: {seqrec_lm: 1.0}\n")
+    assert load_config(InstructConfig, tmp_path / "c.yaml").tasks == {"seqrec_lm": 1.0}

@@ -56,3 +56,11 @@ def test_failed_stage_keeps_previous_and_leaves_no_debris(tmp_path: Path) -> Non
 def test_require_names_the_missing_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="Run `llmrec data prepare` first"):
         StageDir(tmp_path, "data").require("llmrec data prepare")
+
+
+def test_nested_stage_builds_and_replaces_atomically(tmp_path: Path) -> None:
+    stage = StageDir(tmp_path, "baselines/sasrec")
+    assert stage.build("h1", lambda d: (d / "a.txt").write_text("1") and None)
+    assert stage.build("h2", lambda d: (d / "a.txt").write_text("2") and None)
+    assert (tmp_path / "baselines" / "sasrec" / "a.txt").read_text() == "2"
+    assert sorted(p.name for p in (tmp_path / "baselines").iterdir()) == ["sasrec"]

@@ -84,8 +84,27 @@ def llm_for_run(run: Path, cfg: EvalStageConfig) -> tuple[Recommender, float]:
 
 
 def run_eval(cfg: EvalStageConfig, run: str | Path, force: bool = False) -> list[dict[str, Any]]:
-    """Evaluate every configured model under every seen-item policy; returns the table rows."""
+    """Evaluate every configured model under every seen-item policy; returns the table rows.
+
+    Results go to ``<run>/eval/``, skipped when already there for this config, split and
+    trained model."""
     run = Path(run)
+    stage = StageDir(run, "eval")
+    inputs = {name: (StageDir(run, name).done_info() or {}).get("config_hash")
+              for name in ("data", "sft")}  # fmt: skip
+    key = config_hash({"eval": dataclasses.asdict(cfg), "inputs": inputs})
+
+    def fill(out: Path) -> dict[str, Any]:
+        rows = _evaluate_models(cfg, run, out, force)
+        return {"models": sorted({r["model"] for r in rows})}
+
+    stage.build(key, fill, force=force)
+    return list(json.loads((stage.path / "results.json").read_text())["rows"])
+
+
+def _evaluate_models(cfg: EvalStageConfig, run: Path, out: Path,
+                     force: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """Train (or load) each model, evaluate it, and write results, table and plot to ``out``."""
     prepared = PreparedData.load(run)
     catalog = prepared.items["item_id"].astype(str).tolist()
     models: dict[str, tuple[Recommender, float]] = {}
@@ -98,8 +117,6 @@ def run_eval(cfg: EvalStageConfig, run: str | Path, force: bool = False) -> list
             models[f"LLM ({cfg.llm_mode})"] = llm_for_run(run, cfg)
         else:
             raise ValueError(f"unknown model {name!r}; use llm, pop or sasrec")
-    out = run / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for name, (rec, train_seconds) in models.items():
         for exclude in cfg.exclude_seen:

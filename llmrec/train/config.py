@@ -139,6 +139,11 @@ class SFTStageConfig:
     )  # fmt: skip
     max_length: int = field(default=512, metadata={"help": "tokens per example (truncated)"})
     packing: bool = field(default=False, metadata={"help": "pack examples into max_length rows"})
+    completion_only_loss: bool = field(
+        default=True,
+        metadata={"help": "loss on the completion only; false also trains on the prompt (with "
+                  "the seqrec_lm task every history item becomes a target)"},
+    )  # fmt: skip
     train_samples: int | None = field(
         default=None, metadata={"help": "train on a seeded random subset of this many examples"}
     )

@@ -121,7 +121,7 @@ def sft_training_args(cfg: SFTStageConfig, output_dir: Path, run_name: str) -> A
         dataset_num_proc=t.dataset_num_proc,
         max_length=cfg.max_length,
         packing=cfg.packing,
-        completion_only_loss=True,
+        completion_only_loss=cfg.completion_only_loss,
         use_cpu=not torch.cuda.is_available(),
         # Every trainable parameter (adapters, SID rows, or all weights) is used in every step.
         ddp_find_unused_parameters=False,

@@ -87,6 +87,8 @@ def test_cpu_defaults_in_the_trainer_args(tmp_path: Path) -> None:
 
     args = sft_training_args(SFTStageConfig(), tmp_path, "x")
     assert args.completion_only_loss is True
+    lm_style = load_config(SFTStageConfig, None, ["completion_only_loss=false"])
+    assert sft_training_args(lm_style, tmp_path, "x").completion_only_loss is False
     if not torch.cuda.is_available():
         assert args.bf16 is False and args.gradient_checkpointing is False and args.use_cpu
 
