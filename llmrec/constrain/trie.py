@@ -296,8 +296,14 @@ class ItemTrie:
         if _DENSE and banned is None:
             if depth >= self.depth or not self.depth_open[depth]:
                 # Only the end token can follow anywhere at this depth: no walk needed.
+                if inplace:
+                    # The end column, -inf turned to 0; -inf fills on either side of it.
+                    scores[:, end].nan_to_num_(neginf=0.0)
+                    scores[:, :end].fill_(-torch.inf)
+                    scores[:, end + 1 :].fill_(-torch.inf)
+                    return scores
                 kept = scores.index_select(1, self.end_column).nan_to_num_(neginf=0.0)
-                out = scores.fill_(-torch.inf) if inplace else torch.full_like(scores, -torch.inf)
+                out = torch.full_like(scores, -torch.inf)
                 return out.index_copy_(1, self.end_column, kept)
             table = self.tables[depth]
             if table is not None:
@@ -329,9 +335,12 @@ class ItemTrie:
             return None
         above = self.tables[:depth]
         if all(t is not None and t.next_row is not None for t in above):
-            rows = torch.zeros(generated.shape[0], dtype=torch.int32, device=generated.device)
-            for t, tab in enumerate(above):
-                rows = tab.step(rows, generated[:, t])  # type: ignore[union-attr]
+            first = above[0]
+            assert first is not None and first.root_next is not None  # the root's table
+            tokens = generated[:, 0].clamp(max=first.root_next.numel() - 1)
+            rows = first.root_next[tokens]
+            for t in range(1, depth):
+                rows = above[t].step(rows, generated[:, t])  # type: ignore[union-attr]
             return rows
         # Dead and finished beams land on node N, past every key, hence on the sentinel row.
         n_nodes = self.node_offset.numel() - 1

@@ -861,7 +861,7 @@ def main() -> None:
     step_reps, banned_reps = (1, 1) if quick else (5, 2)
     # (warm-up rounds, repetitions) per model.
     overhead_plan = (
-        {"tiny": (1, 2), "larger": (1, 2)} if quick else {"tiny": (1, 7), "larger": (1, 4)}
+        {"tiny": (1, 2), "larger": (1, 2)} if quick else {"tiny": (2, 21), "larger": (1, 5)}
     )
     t_all = time.perf_counter()
     monitor = LoadMonitor(max_wait=5.0 if quick else 45.0)

@@ -183,3 +183,44 @@ def test_window_and_gather_masking_agree(catalog: tuple[list[list[int]], list[st
                              inplace=True)  # fmt: skip
         assert out.data_ptr() == in_place.data_ptr() and torch.equal(out, window)
         assert torch.isfinite(window).any(1).all()  # every row keeps a finite score
+
+
+# End token before the SID tokens, inside a level's id range (a hole), just after, far after.
+@pytest.mark.parametrize("end", [2, 21, 40, 120])
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_span_masking_in_place_equals_gather_path(end: int, seed: int) -> None:
+    """SID tokens with consecutive ids per level take the in-place span path: same scores as
+    the gather path, also with -inf, +inf and NaN at blocked tokens and stuck rows."""
+    import llmrec.constrain.trie as trie_module
+
+    rng = np.random.default_rng(seed)
+    codes = {tuple(int(c) for c in rng.integers(0, 4, 3)) for _ in range(12)} | {
+        (0, 0, 0),
+        (3, 3, 3),
+    }
+    level1 = [20, 22, 23, 24] if end == 21 else [20, 21, 22, 23]
+    seqs = [[16 + a, level1[b], 25 + c, end] for a, b, c in sorted(codes)]
+    ids = [f"i{k}" for k in range(len(seqs))]
+    trie = ItemTrie.from_sequences(padded(seqs), ids, end)
+    spans = [t.span for t in trie.tables if t is not None]
+    assert all(spans) and (end != 21 or any(s[2] == -1 for s in spans if s))
+    depth = int(rng.integers(0, 4))
+    rows = [s[:depth] for s in seqs] + [[int(rng.integers(4, 30)) for _ in range(depth)]]
+    gen = torch.tensor(rows, dtype=torch.long).reshape(len(rows), depth)
+    scores = torch.from_numpy(rng.normal(size=(len(rows), 128)).astype(np.float32))
+    scores[torch.from_numpy(rng.random((len(rows), 128)) < 0.2)] = float("-inf")
+    scores[0] = float("-inf")  # a stuck row
+    saved = trie_module._DENSE
+    trie_module._DENSE = False
+    try:
+        allowed = torch.isfinite(trie.constrain(torch.zeros_like(scores), gen))
+        expected = trie.constrain(scores, gen)
+    finally:
+        trie_module._DENSE = saved
+    # +inf and NaN only where the trie forbids: they must end up -inf like any other.
+    blocked = ~allowed & (torch.from_numpy(rng.random(allowed.shape)) < 0.1)
+    scores[blocked] = torch.where(torch.rand(int(blocked.sum())) < 0.5, float("inf"),
+                                  float("nan"))  # fmt: skip
+    out = trie.constrain(scores, gen, inplace=True)
+    assert out.data_ptr() == scores.data_ptr() and torch.equal(out, expected)
