@@ -95,6 +95,9 @@ def main() -> None:
         "benchmark": "quality_ml100k",
         "settings": {stage: to_dict(cfg) for stage, cfg in plan.items()},
         "overrides": args.overrides,
+        # A rerun on a finished run directory only re-reads it: pipeline_wall_seconds is then
+        # that, and train_seconds (rows) keep the training's own time.
+        "run_dir": str(args.run),
         "llm_parameters": sft.get("parameters"),
         "sft_metrics": sft,
         "summary": summary,
