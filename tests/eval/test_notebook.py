@@ -41,6 +41,15 @@ def test_eval_stage_writes_table_plot_and_rows(run: Path) -> None:
     assert "Recall@10" in (run / "eval" / "table.txt").read_text()
 
 
+def test_vllm_backend_needs_beam_mode(run: Path) -> None:
+    from llmrec.config import ConfigError
+    from llmrec.eval.stage import llm_for_run
+
+    cfg = load_config(EvalStageConfig, None, ["llm_backend=vllm", "llm_mode=exact"])
+    with pytest.raises(ConfigError, match="llm_mode=beam"):
+        llm_for_run(run, cfg)
+
+
 def test_notebook_executes(run: Path) -> None:
     import nbformat
     from nbclient import NotebookClient

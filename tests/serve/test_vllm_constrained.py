@@ -141,3 +141,34 @@ def test_vllm_recommender_protocol(llm: Any, tiny_dir: tuple[Path, Any]) -> None
     assert scores.shape == (2, 10) and all(len(set(r)) == 10 for r in items)
     assert all(set(r) <= set(catalog.item_ids) for r in items)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+
+def test_evaluate_through_vllm_equals_hf(
+    llm: Any, hf_model: Any, tiny_dir: tuple[Path, Any]
+) -> None:
+    """``evaluate`` (what ``llmrec eval llm_backend=vllm`` runs) gives HF's per-user ranks."""
+    import pandas as pd
+
+    from llmrec.data.split import leave_one_out
+    from llmrec.eval.protocol import EvalConfig, evaluate
+
+    catalog = random_catalog(5, n=30)
+    trie, _ = _trie(catalog, tiny_dir[1])
+    prompts = TextPrompts(tiny_dir[1], catalog)
+    rng = np.random.default_rng(5)
+    events = pd.DataFrame([(f"u{u}", str(i), t) for u in range(12)
+                           for t, i in enumerate(rng.choice(catalog.item_ids, size=6))],
+                          columns=["user_id", "item_id", "timestamp"])  # fmt: skip
+    split = leave_one_out(events)
+    for exclude_seen in (False, True):
+        cfg = EvalConfig(ks=[5, 10], bootstrap=0, exclude_seen=exclude_seen)
+        runs = [
+            evaluate(rec, split, cfg, catalog=catalog.item_ids)
+            for rec in (
+                VLLMRecommender(llm, prompts, trie, num_beams=10),  # type: ignore[arg-type]
+                HFRecommender(hf_model, prompts, trie, num_beams=10),
+            )
+        ]  # type: ignore[arg-type]
+        got, want = (r.per_user.set_index("user_id")["rank"] for r in runs)
+        assert got.equals(want)
+        assert runs[0].metrics["ndcg@10"] == runs[1].metrics["ndcg@10"]
