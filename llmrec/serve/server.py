@@ -1,7 +1,8 @@
 """``llmrec serve``: a run's model behind the HTTP API, on vLLM (default) or HF.
 
 Prompts, SID map, titles and users come from the run directory; the weights from ``--model``
-(default: ``<run>/export``, else a full fine-tune's ``<run>/sft/model``). LoRA adapters named in
+(default: ``<run>/export``, else a full fine-tune's ``<run>/sft/model``). ``--model`` alone
+serves an export (or a run's ``sft/model``) with the run it came from. LoRA adapters named in
 ``adapters`` are served side by side on the one base model (vLLM backend).
 """
 
@@ -80,7 +81,34 @@ def check_adapter(path: str | Path) -> Path:
     return path
 
 
-def build_app(cfg: ServeConfig, run: str | Path, model_dir: str | Path | None = None) -> Any:
+def resolve_run(run: str | Path | None, model_dir: str | Path | None) -> Path:
+    """The run directory to serve: ``run`` when given, else the one ``model_dir`` came from
+    (an export names its run in ``export_info.json``; a full fine-tune lives in
+    ``<run>/sft/model``)."""
+    if run is not None:
+        return Path(run)
+    if model_dir is None:
+        raise ValueError("give --run RUN (a run directory) or --model DIR (an export or a run's "
+                         "sft/model folder)")  # fmt: skip
+    model_dir = Path(model_dir)
+    candidates = []
+    info = model_dir / "export_info.json"
+    if info.is_file():
+        data = json.loads(info.read_text())
+        candidates += [Path(data["run"])] if "run" in data else []
+        candidates += [Path(data["source"]).parent] if "source" in data else []
+    candidates.append(model_dir.parent.parent)  # <run>/sft/model
+    for candidate in candidates:
+        if (candidate / "instruct" / "_DONE.json").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{model_dir}: cannot tell which run it belongs to (prompts, SIDs and titles come from "
+        f"the run directory); tried {[str(c) for c in candidates]}. Give --run RUN as well."
+    )
+
+
+def build_app(cfg: ServeConfig, run: str | Path | None,
+              model_dir: str | Path | None = None) -> Any:  # fmt: skip
     """The FastAPI app for a run (the backend starts with the server)."""
     from llmrec.constrain.trie import ItemTrie
     from llmrec.indexing.sid_map import SemanticIdMap
@@ -88,7 +116,7 @@ def build_app(cfg: ServeConfig, run: str | Path, model_dir: str | Path | None = 
     from llmrec.serve.app import Limits, create_app
     from llmrec.serve.backends import Backend, HFBackend, ServingCatalog, VLLMBackend
 
-    run = Path(run)
+    run = resolve_run(run, model_dir)
     model_dir = Path(model_dir) if model_dir else default_model_dir(run)
     prompts = PromptBuilder.from_run(run)
     sid_map = SemanticIdMap.load(run / "sids" / "sid_map.json")
@@ -121,7 +149,7 @@ def build_app(cfg: ServeConfig, run: str | Path, model_dir: str | Path | None = 
     return create_app(make_backend, catalog, Limits(cfg.max_k, cfg.max_history))
 
 
-def serve(cfg: ServeConfig, run: str | Path, model_dir: str | Path | None = None) -> None:
+def serve(cfg: ServeConfig, run: str | Path | None, model_dir: str | Path | None = None) -> None:
     """Run the HTTP server until interrupted."""
     import uvicorn
 

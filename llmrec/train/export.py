@@ -120,7 +120,8 @@ def export_model(
         tokenizer.save_pretrained(tmp)
         shutil.copy(sft_dir / "sid_map.json", tmp / "sid_map.json")
         write_json_atomic(tmp / "export_info.json", {
-            "source": str(sft_dir), "finetune": info["finetune"], "merged": merged,
+            "source": str(sft_dir), "run": str(sft_dir.parent.resolve()),
+            "finetune": info["finetune"], "merged": merged,
             "dtype": target, "base": info["model"],
         })  # fmt: skip
         logger.info("exported %s (%s, %s) to %s", sft_dir, info["finetune"], target, out)

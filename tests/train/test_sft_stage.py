@@ -143,6 +143,9 @@ def test_lora_export_merges_into_a_plain_checkpoint(
     assert {"model.safetensors", "config.json", "sid_map.json", "tokenizer.json"} <= {
         p.name for p in out.iterdir()
     }
+    from llmrec.serve.server import resolve_run
+
+    assert resolve_run(None, out) == run.resolve()  # `llmrec serve --model EXPORT` finds its run
     weights = load_file(out / "model.safetensors")
     assert not any("lora" in k or "token_adapter" in k or "base_layer" in k for k in weights)
     exported = AutoModelForCausalLM.from_pretrained(out)
@@ -155,6 +158,16 @@ def test_lora_export_merges_into_a_plain_checkpoint(
     ids = torch.tensor(info["sid_token_ids"])
     rows = exported.get_output_embeddings().weight[ids]
     assert not torch.allclose(rows, base.get_output_embeddings().weight[ids])
+
+
+def test_serving_a_model_folder_without_its_run_is_a_clear_error(tmp_path: Path) -> None:
+    from llmrec.serve.server import resolve_run
+
+    assert resolve_run("runs/x", tmp_path) == Path("runs/x")
+    with pytest.raises(ValueError, match="--run RUN"):
+        resolve_run(None, None)
+    with pytest.raises(FileNotFoundError, match="Give --run RUN"):
+        resolve_run(None, tmp_path / "model")
 
 
 def test_full_export_is_a_copy_or_a_cast(
