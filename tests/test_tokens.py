@@ -188,6 +188,18 @@ def test_resize_tied(arch: str, sid_map: SemanticIdMap, corpus: list[str]) -> No
     assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()
 
 
+def test_attention_dropout_acts_in_training_only(corpus: list[str]) -> None:
+    tok = train_tokenizer(corpus, 600)
+    model = build_tiny_model(tok, attention_dropout=0.5)
+    assert model.config.attention_dropout == 0.5
+    ids = tok(["the user watched these"], return_tensors="pt")
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(**ids).logits, model(**ids).logits)
+        model.train()
+        assert not torch.equal(model(**ids).logits, model(**ids).logits)
+
+
 def test_resize_untied_with_bias(sid_map: SemanticIdMap, corpus: list[str]) -> None:
     tok = train_tokenizer(corpus, 600)
     model = build_tiny_model(tok, tie_word_embeddings=False)

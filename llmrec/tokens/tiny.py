@@ -165,6 +165,7 @@ def build_tiny_model(
     tie_word_embeddings: bool = True,
     max_position_embeddings: int = 1024,
     seed: int = 0,
+    attention_dropout: float = 0.0,
 ) -> Any:
     """A small randomly initialised causal LM (Qwen2 or Llama) sized to the tokenizer."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
@@ -191,6 +192,7 @@ def build_tiny_model(
         "num_key_value_heads": num_kv_heads or num_heads,
         "max_position_embeddings": max_position_embeddings,
         "tie_word_embeddings": tie_word_embeddings,
+        "attention_dropout": attention_dropout,
         "pad_token_id": ids["pad"],
         "bos_token_id": ids["bos"],
         "eos_token_id": ids["eos"],

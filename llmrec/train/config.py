@@ -119,6 +119,9 @@ class SFTStageConfig:
     tiny_layers: int = field(default=2, metadata={"help": "tiny: decoder layers"})
     tiny_heads: int = field(default=2, metadata={"help": "tiny: attention heads (head_dim ≥ 32)"})
     tiny_tie_embeddings: bool = field(default=True, metadata={"help": "tiny: tie in/out rows"})
+    tiny_attention_dropout: float = field(
+        default=0.0, metadata={"help": "tiny: dropout on attention weights (training only)"}
+    )
     dtype: Dtype = field(
         default="auto",
         metadata={"help": "weights dtype; auto: float32 for full fine-tuning (bf16 autocast "

@@ -101,6 +101,7 @@ def build_model(cfg: SFTStageConfig, tokenizer: Any, sid_ids: Sequence[int]) -> 
             num_layers=cfg.tiny_layers,
             num_heads=cfg.tiny_heads,
             tie_word_embeddings=cfg.tiny_tie_embeddings,
+            attention_dropout=cfg.tiny_attention_dropout,
             max_position_embeddings=max(1024, cfg.max_length),
             seed=cfg.training.seed,
         )
