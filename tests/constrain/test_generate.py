@@ -19,23 +19,9 @@ from llmrec.indexing.sid_map import SemanticIdMap
 from llmrec.recommend.hf import HFRecommender
 from llmrec.tokens import add_sid_tokens, build_tiny_model, train_tokenizer
 from tests.constrain.reference_trie import ReferenceTrie
+from tests.tiny_corpus import WORDS
 
 LEVELS, K = 4, 5  # the tokenizer knows <a_0>..<d_4>; catalogs use 3 or 4 of the levels
-WORDS = [
-    "the",
-    "user",
-    "watched",
-    "liked",
-    "a",
-    "movie",
-    "then",
-    "next",
-    "item",
-    "what",
-    "comes",
-    "after",
-    "these",
-]
 
 
 def full_map(levels: int) -> SemanticIdMap:

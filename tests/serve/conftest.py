@@ -19,6 +19,7 @@ import torch
 
 from llmrec.indexing.sid_map import SemanticIdMap
 from llmrec.tokens import add_sid_tokens, build_tiny_model, save_tiny, train_tokenizer
+from tests.tiny_corpus import WORDS
 
 # One core for the engine unless told otherwise, and a 1 GiB KV cache (vLLM's CPU backend needs
 # one set); a shared machine keeps its other core.
@@ -26,21 +27,6 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
 
 LEVELS, K = 3, 5
-WORDS = [
-    "the",
-    "user",
-    "watched",
-    "liked",
-    "a",
-    "movie",
-    "then",
-    "next",
-    "item",
-    "what",
-    "comes",
-    "after",
-    "these",
-]
 
 
 def full_map() -> SemanticIdMap:
