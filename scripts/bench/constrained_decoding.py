@@ -82,6 +82,7 @@ from transformers import LogitsProcessor
 from llmrec.constrain.hf import TrieLogitsProcessor, constrained_generate_kwargs
 from llmrec.constrain.trie import ItemTrie
 from llmrec.indexing.sid_map import SemanticIdMap
+from llmrec.io import write_text_atomic
 from llmrec.tokens import add_sid_tokens, build_tiny_model, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -973,7 +974,7 @@ def main() -> None:
     out: Path = args.out or (RESULTS.with_name("constrained_decoding_quick.json") if quick
                              else RESULTS)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")  # never half-written
     print(f"wrote {out}")
 
 

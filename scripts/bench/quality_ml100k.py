@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from llmrec.config import to_dict
+from llmrec.io import write_text_atomic
 from llmrec.quickstart import load_plan, run_quickstart
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,9 +114,7 @@ def main() -> None:
     name = "quality_ml100k" + (f"_{args.tag}" if args.tag else "") + ".json"
     path = ROOT / "benchmarks" / "results" / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(report, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     print(f"wrote {path}")
 

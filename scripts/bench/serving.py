@@ -301,8 +301,11 @@ def main() -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("worker", "workdir", "out")}
     out = args.out or (RESULTS.with_name("serving_quick.json") if args.quick else RESULTS)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": model, "settings": settings, "rows": rows,
-                               "summary": summary}, indent=2, default=str) + "\n")  # fmt: skip
+    from llmrec.io import write_text_atomic
+
+    # Atomic: an interrupted run never leaves a half-written results file.
+    write_text_atomic(out, json.dumps({"model": model, "settings": settings, "rows": rows,
+                                       "summary": summary}, indent=2, default=str) + "\n")  # fmt: skip
     print(f"wrote {out}")
 
 
