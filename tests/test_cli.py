@@ -36,8 +36,16 @@ def test_console_script_runs() -> None:
 
 def test_prepare_then_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    argv = ["data", "prepare", "--run", str(run), "--dataset", "ml-100k",
-            "--path", str(FIXTURES / "ml-100k")]  # fmt: skip
+    argv = [
+        "data",
+        "prepare",
+        "--run",
+        str(run),
+        "--dataset",
+        "ml-100k",
+        "--path",
+        str(FIXTURES / "ml-100k"),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "users                    3" in out and "interactions             9" in out

@@ -76,7 +76,8 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
 def test_every_field_has_help() -> None:
     rows = list(iter_help(DataConfig))
     assert {"dataset.name", "filters.min_user_interactions", "split.ratios"} <= {
-        key for key, _, _ in rows}  # fmt: skip
+        key for key, _, _ in rows
+    }
     assert all(text for _, _, text in rows)
 
 

@@ -65,9 +65,16 @@ class DepthTable:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
-        return DepthTable(self.first_node, self.columns.to(device), self.allowed.to(device),
-                          self.col_of_token.to(device), move(self.next_row),
-                          move(self.root_next), move(self.additive), self.span)  # fmt: skip
+        return DepthTable(
+            self.first_node,
+            self.columns.to(device),
+            self.allowed.to(device),
+            self.col_of_token.to(device),
+            move(self.next_row),
+            move(self.root_next),
+            move(self.additive),
+            self.span,
+        )
 
     def step(self, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Rows in the next depth's table after ``tokens`` (int32 in, int32 out)."""
@@ -77,9 +84,13 @@ class DepthTable:
         return self.next_row.view(-1)[torch.add(column, rows, alpha=width)]
 
 
-def build_tables(node_offset: torch.Tensor, edge_token: torch.Tensor, edge_parent: torch.Tensor,
-                 end_token_id: int, max_children: tuple[int, ...]
-                 ) -> tuple[DepthTable | None, ...]:  # fmt: skip
+def build_tables(
+    node_offset: torch.Tensor,
+    edge_token: torch.Tensor,
+    edge_parent: torch.Tensor,
+    end_token_id: int,
+    max_children: tuple[int, ...],
+) -> tuple[DepthTable | None, ...]:
     """One ``DepthTable`` per depth (``None`` where a depth has no token but the end token, or
     its table would be too large), from the CSR arrays on the CPU."""
     n_nodes = node_offset.numel() - 1
@@ -90,8 +101,17 @@ def build_tables(node_offset: torch.Tensor, edge_token: torch.Tensor, edge_paren
         hi_node = min(hi_node, n_nodes)
         e0, e1 = int(node_offset[lo_node]), int(node_offset[hi_node])
         spans.append((lo_node, hi_node, e0, e1))
-        tables.append(_allowed_table(node_offset, edge_token[e0:e1], edge_parent[e0:e1],
-                                     lo_node, hi_node, end_token_id, max_children[d]))  # fmt: skip
+        tables.append(
+            _allowed_table(
+                node_offset,
+                edge_token[e0:e1],
+                edge_parent[e0:e1],
+                lo_node,
+                hi_node,
+                end_token_id,
+                max_children[d],
+            )
+        )
         lo_node, hi_node = hi_node, hi_node + (e1 - e0)
     for d in range(len(tables) - 1):
         here, below = tables[d], tables[d + 1]
@@ -110,14 +130,28 @@ def build_tables(node_offset: torch.Tensor, edge_token: torch.Tensor, edge_paren
         next_row[edge_parent[e0:e1] - lo_node, column] = child_row.to(torch.int32)
         # A single-node depth (the root): one lookup from token to row.
         root_next = next_row[0][here.col_of_token.long()] if rows == 2 else None
-        tables[d] = DepthTable(here.first_node, here.columns, here.allowed, here.col_of_token,
-                               next_row, root_next, here.additive, here.span)  # fmt: skip
+        tables[d] = DepthTable(
+            here.first_node,
+            here.columns,
+            here.allowed,
+            here.col_of_token,
+            next_row,
+            root_next,
+            here.additive,
+            here.span,
+        )
     return tuple(tables)
 
 
-def _allowed_table(node_offset: torch.Tensor, token: torch.Tensor, parent: torch.Tensor,
-                   lo_node: int, hi_node: int, end_token_id: int,
-                   widest: int) -> DepthTable | None:  # fmt: skip
+def _allowed_table(
+    node_offset: torch.Tensor,
+    token: torch.Tensor,
+    parent: torch.Tensor,
+    lo_node: int,
+    hi_node: int,
+    end_token_id: int,
+    widest: int,
+) -> DepthTable | None:
     """The ``allowed`` table of one depth, or None."""
     if not bool((token != end_token_id).any()):
         return None  # only the end token can follow here: no table needed
@@ -150,8 +184,9 @@ def _allowed_table(node_offset: torch.Tensor, token: torch.Tensor, parent: torch
     return DepthTable(lo_node, columns, allowed, col_of_token, additive=additive, span=span)
 
 
-def mask_scores(scores: torch.Tensor, table: DepthTable, rows: torch.Tensor | None,
-                inplace: bool) -> torch.Tensor:  # fmt: skip
+def mask_scores(
+    scores: torch.Tensor, table: DepthTable, rows: torch.Tensor | None, inplace: bool
+) -> torch.Tensor:
     """``scores`` with everything but each row's allowed tokens at -inf (``rows`` None: all
     beams at the depth's first node, i.e. the root). Rows whose allowed tokens all score -inf
     get 0 on each of them instead, so that sampling still picks a valid token."""
@@ -169,8 +204,9 @@ def mask_scores(scores: torch.Tensor, table: DepthTable, rows: torch.Tensor | No
     return out.index_copy_(1, table.columns, kept)
 
 
-def _mask_span_inplace(scores: torch.Tensor, add: torch.Tensor,
-                       span: tuple[int, int, int, int]) -> torch.Tensor:  # fmt: skip
+def _mask_span_inplace(
+    scores: torch.Tensor, add: torch.Tensor, span: tuple[int, int, int, int]
+) -> torch.Tensor:
     """``mask_scores`` in place when the columns are a token span plus the end token: add the
     rows' 0/-inf masks ``add`` onto the span and the end column where they lie, -inf elsewhere
     (no gather or scatter over the vocabulary)."""
@@ -180,8 +216,10 @@ def _mask_span_inplace(scores: torch.Tensor, add: torch.Tensor,
     if end_col == -1:
         parts = [(window, slice(None))]
     else:
-        parts = [(window, slice(1, None) if end_col == 0 else slice(0, -1)),
-                 (scores[:, end : end + 1], slice(end_col, end_col + 1))]  # fmt: skip
+        parts = [
+            (window, slice(1, None) if end_col == 0 else slice(0, -1)),
+            (scores[:, end : end + 1], slice(end_col, end_col + 1)),
+        ]
     for view, cols in parts:
         view.add_(add[:, cols])
     # Rows left without a finite allowed score (stuck; or NaN from +inf/NaN inputs): redo them
@@ -191,8 +229,9 @@ def _mask_span_inplace(scores: torch.Tensor, add: torch.Tensor,
         inf = float("inf")
         allowed = add.isfinite()
         for view, cols in parts:
-            view.masked_fill_(~allowed[:, cols], -inf).nan_to_num_(nan=-inf, posinf=inf,
-                                                                    neginf=-inf)  # fmt: skip
+            view.masked_fill_(~allowed[:, cols], -inf).nan_to_num_(
+                nan=-inf, posinf=inf, neginf=-inf
+            )
         best = torch.stack([view.amax(1) for view, _ in parts], 1).amax(1)
         stuck = best.isneginf()[:, None]
         for view, cols in parts:

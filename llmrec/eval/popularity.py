@@ -23,9 +23,12 @@ class PopRecommender:
         self.index = {item: i for i, item in enumerate(self.items)}
         self.seed = seed
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int,
-                  exclude: Sequence[Collection[str]] | None = None
-                  ) -> tuple[list[list[str]], np.ndarray]:  # fmt: skip
+    def recommend(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> tuple[list[list[str]], np.ndarray]:
         """Top-k popular items per user, minus the excluded ones."""
         scores = np.tile(self.scores, (len(histories), 1))
         if exclude is not None:
@@ -33,6 +36,8 @@ class PopRecommender:
                 cols = [self.index[i] for i in banned if i in self.index]
                 scores[u, cols] = -np.inf
         idx, vals = top_k(scores, k, self.seed)
-        items = [[self.items[i] if np.isfinite(v) else "" for i, v in zip(row, vrow, strict=True)]
-                 for row, vrow in zip(idx, vals, strict=True)]  # fmt: skip
+        items = [
+            [self.items[i] if np.isfinite(v) else "" for i, v in zip(row, vrow, strict=True)]
+            for row, vrow in zip(idx, vals, strict=True)
+        ]
         return items, vals

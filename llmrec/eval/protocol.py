@@ -36,8 +36,7 @@ from llmrec.recommend.base import Recommender
 class EvalConfig:
     """How to evaluate."""
 
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20],
-                          metadata={"help": "cutoffs K"})  # fmt: skip
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20], metadata={"help": "cutoffs K"})
     part: Part = field(default="test", metadata={"help": "valid or test cases"})
     exclude_seen: bool = field(
         default=False, metadata={"help": "never recommend items from the user's history"}
@@ -61,14 +60,25 @@ class EvalResult:
 
     def row(self) -> dict[str, Any]:
         """One flat row for tables and JSON (model, settings, metrics)."""
-        return {"model": self.model, "exclude_seen": self.settings["exclude_seen"],
-                **self.metrics, "eval_seconds": round(self.seconds, 2)}  # fmt: skip
+        return {
+            "model": self.model,
+            "exclude_seen": self.settings["exclude_seen"],
+            **self.metrics,
+            "eval_seconds": round(self.seconds, 2),
+        }
 
     def save(self, path: str | Path) -> None:
         """Write the summary as JSON (per-user rows go to a Parquet file beside it)."""
         path = Path(path)
-        write_json_atomic(path, {"model": self.model, "settings": self.settings,
-                                 "metrics": self.metrics, "seconds": self.seconds})  # fmt: skip
+        write_json_atomic(
+            path,
+            {
+                "model": self.model,
+                "settings": self.settings,
+                "metrics": self.metrics,
+                "seconds": self.seconds,
+            },
+        )
         self.per_user.to_parquet(path.with_suffix(".per_user.parquet"), index=False)
 
 
@@ -87,8 +97,13 @@ def sample_cases(cases: pd.DataFrame, max_users: int | None, seed: int) -> pd.Da
     return cases.iloc[keep].reset_index(drop=True)
 
 
-def evaluate(recommender: Recommender, split: Split, config: EvalConfig | None = None,
-             name: str | None = None, catalog: Sequence[str] | None = None) -> EvalResult:  # fmt: skip
+def evaluate(
+    recommender: Recommender,
+    split: Split,
+    config: EvalConfig | None = None,
+    name: str | None = None,
+    catalog: Sequence[str] | None = None,
+) -> EvalResult:
     """Evaluate any ``Recommender`` on a split's held-out cases."""
     cfg = config or EvalConfig()
     cases = sample_cases(split.cases(cfg.part), cfg.max_users, cfg.seed)
@@ -104,8 +119,9 @@ def evaluate(recommender: Recommender, split: Split, config: EvalConfig | None =
         catalog = sorted({i for seq in split.table["train_items"] for i in seq} | set(targets))
     catalog_set = set(catalog)
     pop = popularity(split)
-    per_user = pd.DataFrame({"user_id": cases["user_id"].astype(str), "target": targets,
-                             "rank": ranks})  # fmt: skip
+    per_user = pd.DataFrame(
+        {"user_id": cases["user_id"].astype(str), "target": targets, "rank": ranks}
+    )
     metrics: dict[str, float] = {}
     for k in cfg.ks:
         for metric, fn in (("recall", hit_at), ("ndcg", ndcg_at), ("mrr", mrr_at)):
@@ -118,7 +134,13 @@ def evaluate(recommender: Recommender, split: Split, config: EvalConfig | None =
         metrics[f"coverage@{k}"] = coverage_at(recommended, k, len(catalog_set))
         metrics[f"invalid@{k}"] = invalid_share(recommended, k, catalog_set)
         metrics[f"popularity@{k}"] = mean_popularity(recommended, k, pop)
-    settings = {"part": cfg.part, "exclude_seen": cfg.exclude_seen, "ks": list(cfg.ks),
-                "n_cases": len(cases), "max_users": cfg.max_users, "seed": cfg.seed,
-                "split": split.method}  # fmt: skip
+    settings = {
+        "part": cfg.part,
+        "exclude_seen": cfg.exclude_seen,
+        "ks": list(cfg.ks),
+        "n_cases": len(cases),
+        "max_users": cfg.max_users,
+        "seed": cfg.seed,
+        "split": split.method,
+    }
     return EvalResult(name or type(recommender).__name__, per_user, metrics, settings, seconds)

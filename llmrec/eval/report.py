@@ -11,8 +11,10 @@ from llmrec.io import atomic_path
 
 def results_table(rows: Sequence[dict[str, Any]], k: int = 10) -> str:
     """A fixed-width table: model, seen-item policy, Recall/NDCG/MRR@k with 95% CIs, times."""
-    header = (f"{'model':<22}{'seen':>9}  {'Recall@' + str(k):>21}  {'NDCG@' + str(k):>21}  "
-              f"{'MRR@' + str(k):>8}  {'cover':>6}  {'invalid':>7}  {'train s':>8}")  # fmt: skip
+    header = (
+        f"{'model':<22}{'seen':>9}  {'Recall@' + str(k):>21}  {'NDCG@' + str(k):>21}  "
+        f"{'MRR@' + str(k):>8}  {'cover':>6}  {'invalid':>7}  {'train s':>8}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
 

@@ -172,17 +172,22 @@ class SASRecRecommender:
         bs = self.cfg.eval_batch_size
         with torch.inference_mode():
             for start in range(0, len(histories), bs):
-                rows = [[self.index[i] for i in h if i in self.index]
-                        for h in histories[start : start + bs]]  # fmt: skip
+                rows = [
+                    [self.index[i] for i in h if i in self.index]
+                    for h in histories[start : start + bs]
+                ]
                 seq = _encode(rows, self.cfg.max_len).to(self.device)
                 hidden = self.model(seq)[:, -1]  # left padding: the last position is the newest
                 out[start : start + len(rows)] = self.model.logits(hidden).double().cpu().numpy()
         self.model.train(was_training)
         return out
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int,
-                  exclude: Sequence[Collection[str]] | None = None
-                  ) -> tuple[list[list[str]], np.ndarray]:  # fmt: skip
+    def recommend(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> tuple[list[list[str]], np.ndarray]:
         """Top-k items per user by model score, excluded items never returned."""
         scores = self.score(histories)
         if exclude is not None:
@@ -190,8 +195,10 @@ class SASRecRecommender:
                 cols = [self.index[i] - 1 for i in banned if i in self.index]
                 scores[u, cols] = -np.inf
         idx, vals = top_k(scores, k, self.cfg.seed)
-        items = [[self.items[i] if np.isfinite(v) else "" for i, v in zip(row, vrow, strict=True)]
-                 for row, vrow in zip(idx, vals, strict=True)]  # fmt: skip
+        items = [
+            [self.items[i] if np.isfinite(v) else "" for i, v in zip(row, vrow, strict=True)]
+            for row, vrow in zip(idx, vals, strict=True)
+        ]
         return items, vals
 
     def save(self, folder: str | Path) -> None:
@@ -216,8 +223,9 @@ class SASRecRecommender:
         return cls(model, items, cfg)
 
 
-def _training_tensors(split: Split, index: dict[str, int], max_len: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _training_tensors(
+    split: Split, index: dict[str, int], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and next-item targets [n_users, max_len] from each user's last max_len+1 items."""
     seqs = [[index[i] for i in seq][-(max_len + 1) :] for seq in split.table["train_items"]]
     seqs = [s for s in seqs if len(s) >= 2]  # one item predicts nothing
@@ -226,8 +234,9 @@ def _training_tensors(split: Split, index: dict[str, int], max_len: int
     return inputs, targets
 
 
-def train_sasrec(split: Split, cfg: SASRecConfig | None = None, progress: bool = True
-                 ) -> tuple[SASRecRecommender, list[dict[str, Any]]]:  # fmt: skip
+def train_sasrec(
+    split: Split, cfg: SASRecConfig | None = None, progress: bool = True
+) -> tuple[SASRecRecommender, list[dict[str, Any]]]:
     """Train on the training items, early-stop on validation NDCG@10, return the best model."""
     cfg = cfg or SASRecConfig()
     old_threads = torch.get_num_threads()
@@ -242,18 +251,25 @@ def train_sasrec(split: Split, cfg: SASRecConfig | None = None, progress: bool =
         torch.set_num_threads(old_threads)
 
 
-def _train(split: Split, cfg: SASRecConfig, progress: bool
-           ) -> tuple[SASRecRecommender, list[dict[str, Any]]]:  # fmt: skip
+def _train(
+    split: Split, cfg: SASRecConfig, progress: bool
+) -> tuple[SASRecRecommender, list[dict[str, Any]]]:
     device = resolve_device(cfg.device)
     items = sorted({i for seq in split.table["train_items"] for i in seq})
     model = SASRecModel(len(items), cfg).to(device)
     rec = SASRecRecommender(model, items, cfg)
     inputs, targets = _training_tensors(split, rec.index, cfg.max_len)
-    logger.info("SASRec: %d items, %d training sequences, %d targets, %d parameters on %s",
-                len(items), len(inputs), int((targets >= 0).sum()),
-                sum(p.numel() for p in model.parameters()), device)  # fmt: skip
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98),
-                            weight_decay=cfg.weight_decay)  # fmt: skip
+    logger.info(
+        "SASRec: %d items, %d training sequences, %d targets, %d parameters on %s",
+        len(items),
+        len(inputs),
+        int((targets >= 0).sum()),
+        sum(p.numel() for p in model.parameters()),
+        device,
+    )
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+    )
     shuffle = torch.Generator().manual_seed(cfg.seed)
     val_cfg = EvalConfig(ks=[10], part="valid", bootstrap=0, exclude_seen=False)
     history: list[dict[str, Any]] = []
@@ -274,8 +290,12 @@ def _train(split: Split, cfg: SASRecConfig, progress: bool
             total, count = total + loss.item() * int(keep.sum()), count + int(keep.sum())
         seconds = time.perf_counter() - start
         over_time = cfg.time_budget_s is not None and seconds > cfg.time_budget_s
-        row: dict[str, Any] = {"epoch": epoch, "loss": total / max(count, 1),
-                               "val_ndcg@10": None, "seconds": seconds}  # fmt: skip
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": total / max(count, 1),
+            "val_ndcg@10": None,
+            "seconds": seconds,
+        }
         # Always validate the final epoch, so a budget stop never discards unjudged training.
         last = over_time or epoch == cfg.max_epochs
         if epoch % cfg.eval_every == 0 or last:
@@ -286,20 +306,29 @@ def _train(split: Split, cfg: SASRecConfig, progress: bool
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 stale += 1
-            bar.set_postfix(loss=f"{row['loss']:.3f}", val_ndcg=f"{ndcg:.4f}",
-                            best=f"{best:.4f}@{best_epoch}")  # fmt: skip
+            bar.set_postfix(
+                loss=f"{row['loss']:.3f}", val_ndcg=f"{ndcg:.4f}", best=f"{best:.4f}@{best_epoch}"
+            )
         history.append(row)
         if over_time:
-            logger.info("SASRec: time budget of %.0f s spent after epoch %d",
-                        cfg.time_budget_s, epoch)  # fmt: skip
+            logger.info(
+                "SASRec: time budget of %.0f s spent after epoch %d", cfg.time_budget_s, epoch
+            )
             break
         if stale >= cfg.patience:
-            logger.info("SASRec: no better val NDCG@10 for %d evaluations; stopping at epoch %d",
-                        stale, epoch)  # fmt: skip
+            logger.info(
+                "SASRec: no better val NDCG@10 for %d evaluations; stopping at epoch %d",
+                stale,
+                epoch,
+            )
             break
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
-    logger.info("SASRec: best val NDCG@10 %.4f at epoch %d (%.0f s)", best, best_epoch,
-                time.perf_counter() - start)  # fmt: skip
+    logger.info(
+        "SASRec: best val NDCG@10 %.4f at epoch %d (%.0f s)",
+        best,
+        best_epoch,
+        time.perf_counter() - start,
+    )
     return rec, history

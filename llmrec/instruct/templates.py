@@ -48,8 +48,10 @@ class TaskTemplate:
         """Render paraphrase ``index`` into (prompt, response)."""
         p = self.paraphrases[index]
         where = f"{self.source} paraphrase {index + 1}"
-        return (render(p.prompt, variables, f"{where} prompt"),
-                render(p.response, variables, f"{where} response"))  # fmt: skip
+        return (
+            render(p.prompt, variables, f"{where} prompt"),
+            render(p.response, variables, f"{where} response"),
+        )
 
 
 def default_templates_dir() -> Path:
@@ -85,8 +87,13 @@ def load_template(path: str | Path) -> TaskTemplate:
         for part in ("prompt", "response"):
             compile_template(str(item[part]), f"{path} paraphrase {i} {part}")
         paraphrases.append(Paraphrase(str(item["prompt"]), str(item["response"])))
-    return TaskTemplate(str(data["task"]), data["kind"], str(data.get("description", "")),
-                        tuple(paraphrases), str(path))  # fmt: skip
+    return TaskTemplate(
+        str(data["task"]),
+        data["kind"],
+        str(data.get("description", "")),
+        tuple(paraphrases),
+        str(path),
+    )
 
 
 def load_templates(folder: str | Path | None = None) -> dict[str, TaskTemplate]:
@@ -96,8 +103,10 @@ def load_templates(folder: str | Path | None = None) -> dict[str, TaskTemplate]:
     for path in sorted(folder.glob("*.yaml")):
         template = load_template(path)
         if template.task in templates:
-            raise TemplateError(f"{path}: task '{template.task}' is also defined in "
-                                f"{templates[template.task].source}")  # fmt: skip
+            raise TemplateError(
+                f"{path}: task '{template.task}' is also defined in "
+                f"{templates[template.task].source}"
+            )
         templates[template.task] = template
     if not templates:
         raise TemplateError(f"{folder}: no *.yaml templates")

@@ -32,8 +32,9 @@ class Recommender(Protocol):
         ...
 
 
-def pad_rows(items: list[list[str]], scores: list[list[float]], k: int
-             ) -> tuple[list[list[str]], np.ndarray]:  # fmt: skip
+def pad_rows(
+    items: list[list[str]], scores: list[list[float]], k: int
+) -> tuple[list[list[str]], np.ndarray]:
     """Cut or pad per-user lists to exactly ``k`` entries."""
     out_items = [(row + [""] * k)[:k] for row in items]
     out_scores = np.full((len(items), k), -np.inf, dtype=np.float64)

@@ -47,8 +47,9 @@ class HFRecommender:
     progress: bool = False
 
     @classmethod
-    def from_run(cls, run: Any, model: Any, tokenizer: Any | None = None,
-                 **kwargs: Any) -> HFRecommender:  # fmt: skip
+    def from_run(
+        cls, run: Any, model: Any, tokenizer: Any | None = None, **kwargs: Any
+    ) -> HFRecommender:
         """Prompts, SID map and trie of a run's instruct stage, around ``model``."""
         from llmrec.indexing.sid_map import SemanticIdMap
 
@@ -76,9 +77,12 @@ class HFRecommender:
         return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
-    def score_beam(self, histories: Sequence[Sequence[str]], width: int,
-                   exclude: Sequence[Collection[str]] | None = None
-                   ) -> list[list[tuple[str, float]]]:  # fmt: skip
+    def score_beam(
+        self,
+        histories: Sequence[Sequence[str]],
+        width: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
         """Constrained beam search: per user, ``width`` (item, log-prob) pairs, best first.
 
         Excluded items are banned inside the search, so no beam is spent on them.
@@ -87,16 +91,25 @@ class HFRecommender:
         banned = None
         if exclude is not None and any(exclude):
             index = self._item_index
-            banned = self.trie.banned_nodes([[index[i] for i in ex if i in index]
-                                             for ex in exclude])  # fmt: skip
+            banned = self.trie.banned_nodes(
+                [[index[i] for i in ex if i in index] for ex in exclude]
+            )
         # With one beam HF runs greedy search, which has no sequence scores: keep the raw
         # logits instead (the processor then leaves HF's tensor alone).
         kwargs = constrained_generate_kwargs(
-            self.model, self.trie, ids.shape[1], banned, num_beams=width,
-            num_return_sequences=width, output_logits=width == 1,
-            do_sample=False, length_penalty=0.0, early_stopping=True, output_scores=True,
+            self.model,
+            self.trie,
+            ids.shape[1],
+            banned,
+            num_beams=width,
+            num_return_sequences=width,
+            output_logits=width == 1,
+            do_sample=False,
+            length_penalty=0.0,
+            early_stopping=True,
+            output_scores=True,
             return_dict_in_generate=True,
-        )  # fmt: skip
+        )
         out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         generated = out.sequences[:, ids.shape[1] :]
         items = self.trie.items_of(generated)
@@ -140,16 +153,22 @@ class HFRecommender:
         slot = torch.full((n_nodes,), -1, dtype=torch.long, device=self.device)
         slot[open_nodes] = torch.arange(len(open_nodes), device=self.device)
         # ancestor[i, j]: open node j lies on the path to open node i (itself included).
-        ancestor = torch.zeros((len(open_nodes), len(open_nodes)), dtype=torch.bool,
-                               device=self.device)  # fmt: skip
+        ancestor = torch.zeros(
+            (len(open_nodes), len(open_nodes)), dtype=torch.bool, device=self.device
+        )
         rows = torch.arange(len(open_nodes), device=self.device)
         node = open_nodes.clone()
         for _ in range(trie.depth):
             inside = node > 0
             ancestor[rows[inside], slot[node[inside]]] = True
             node = torch.where(inside, parent[node], node)
-        return {"nodes": open_nodes, "token": token[open_nodes], "depth": depth[open_nodes],
-                "ancestor": ancestor, "node_depth": depth}  # fmt: skip
+        return {
+            "nodes": open_nodes,
+            "token": token[open_nodes],
+            "depth": depth[open_nodes],
+            "ancestor": ancestor,
+            "node_depth": depth,
+        }
 
     @torch.inference_mode()
     def score_all(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -173,8 +192,7 @@ class HFRecommender:
         n_users = ids.shape[0]
         # Positions as HF generate computes them for left-padded rows (pads take position 1).
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True)  # fmt: skip
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         root_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         n_open = len(tree["nodes"])
         node_logp = None
@@ -225,9 +243,12 @@ class HFRecommender:
         return scores
 
     @torch.inference_mode()
-    def recommend(self, histories: Sequence[Sequence[str]], k: int,
-                  exclude: Sequence[Collection[str]] | None = None
-                  ) -> tuple[list[list[str]], np.ndarray]:  # fmt: skip
+    def recommend(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> tuple[list[list[str]], np.ndarray]:
         """Top-k catalog items per history (see ``Recommender``)."""
         items_out: list[list[str]] = []
         scores_out: list[list[float]] = []
@@ -243,10 +264,14 @@ class HFRecommender:
                     if cols:
                         scores[u, cols] = float("-inf")
                 top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-                ranked = [[(self.trie.item_ids[i], v) for i, v in zip(idx, vals, strict=True)
-                           if v != float("-inf")]
-                          for vals, idx in zip(top.values.tolist(), top.indices.tolist(),
-                                               strict=True)]  # fmt: skip
+                ranked = [
+                    [
+                        (self.trie.item_ids[i], v)
+                        for i, v in zip(idx, vals, strict=True)
+                        if v != float("-inf")
+                    ]
+                    for vals, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+                ]
             else:
                 width = min(max(self.num_beams, k), len(self.trie.item_ids))
                 ranked = [r[:k] for r in self.score_beam(batch, width, skip)]

@@ -33,10 +33,12 @@ def completion_end_token(tokenizer: Any, conversational: bool) -> int:
         return int(tokenizer.eos_token_id)
     probe = "zq"  # any short text: we only look at what the template puts after it
     prompt = [{"role": "user", "content": "hi"}]
-    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                         return_dict=True)["input_ids"]  # fmt: skip
-    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": probe}],
-                                         tokenize=True, return_dict=True)["input_ids"]  # fmt: skip
+    head = tokenizer.apply_chat_template(
+        prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    full = tokenizer.apply_chat_template(
+        prompt + [{"role": "assistant", "content": probe}], tokenize=True, return_dict=True
+    )["input_ids"]
     body = tokenizer(probe, add_special_tokens=False)["input_ids"]
     rest = list(full[len(head) + len(body) :])
     if list(full[: len(head)]) != list(head) or not rest:
@@ -77,9 +79,15 @@ class PromptBuilder:
         texts = [texts_by_item[i] for i in items["item_id"].astype(str)]
         catalog = Catalog.build(sid_map, items, texts, cfg.item_noun, cfg.items_noun)
         template = load_templates(cfg.templates_dir)[cfg.eval_tasks[0]]
-        return cls(template, catalog, dict(zip(sid_map.item_ids, sid_map.all_sids(), strict=True)),
-                   tokenizer, info["format"] == "conversational", cfg.system_prompt,
-                   cfg.max_history)  # fmt: skip
+        return cls(
+            template,
+            catalog,
+            dict(zip(sid_map.item_ids, sid_map.all_sids(), strict=True)),
+            tokenizer,
+            info["format"] == "conversational",
+            cfg.system_prompt,
+            cfg.max_history,
+        )
 
     def text(self, history: Sequence[str]) -> str:
         """The user-facing prompt text for a history."""
@@ -98,8 +106,9 @@ class PromptBuilder:
             return list(self.tokenizer(text)["input_ids"])
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": text})
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                 tokenize=True, return_dict=True)  # fmt: skip
+        out = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
         return list(out["input_ids"])
 
     @property

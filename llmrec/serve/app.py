@@ -67,17 +67,20 @@ class RecommendResponse(BaseModel):
     latency_ms: float
 
 
-def resolve(req: RecommendRequest, catalog: ServingCatalog, limits: Limits,
-            adapters: Any) -> tuple[list[str], set[str]]:  # fmt: skip
+def resolve(
+    req: RecommendRequest, catalog: ServingCatalog, limits: Limits, adapters: Any
+) -> tuple[list[str], set[str]]:
     """The history to score and the items to exclude, or a ``RequestError`` saying why not."""
     if (req.user_id is None) == (req.history is None):
         raise RequestError(422, "give exactly one of user_id or history")
     if not 1 <= req.k <= min(limits.max_k, len(catalog.item_ids)):
-        raise RequestError(422, f"k must be between 1 and "
-                           f"{min(limits.max_k, len(catalog.item_ids))}, got {req.k}")  # fmt: skip
+        raise RequestError(
+            422, f"k must be between 1 and {min(limits.max_k, len(catalog.item_ids))}, got {req.k}"
+        )
     if req.num_beams is not None and not 1 <= req.num_beams <= limits.max_beams:
-        raise RequestError(422, f"num_beams must be between 1 and {limits.max_beams}, "
-                           f"got {req.num_beams}")  # fmt: skip
+        raise RequestError(
+            422, f"num_beams must be between 1 and {limits.max_beams}, got {req.num_beams}"
+        )
     if req.adapter is not None and req.adapter not in adapters:
         known = ", ".join(sorted(adapters)) or "none"
         raise RequestError(404, f"unknown adapter {req.adapter!r} (served: {known})")
@@ -88,20 +91,25 @@ def resolve(req: RecommendRequest, catalog: ServingCatalog, limits: Limits,
     else:
         history = list(req.history or [])
         if len(history) > limits.max_history:
-            raise RequestError(413, f"history has {len(history)} items; at most "
-                               f"{limits.max_history} are accepted")  # fmt: skip
+            raise RequestError(
+                413, f"history has {len(history)} items; at most {limits.max_history} are accepted"
+            )
         unknown = [i for i in history if i not in catalog.item_set]
         if unknown:
             raise RequestError(422, f"unknown item ids: {unknown[:10]}")
     exclude = set(history) if req.exclude_seen else set()
     if len(catalog.item_ids) - len(exclude) < req.k:
-        raise RequestError(422, f"only {len(catalog.item_ids) - len(exclude)} items remain "
-                           f"after excluding the history; ask for fewer than k={req.k}")  # fmt: skip
+        raise RequestError(
+            422,
+            f"only {len(catalog.item_ids) - len(exclude)} items remain "
+            f"after excluding the history; ask for fewer than k={req.k}",
+        )
     return history, exclude
 
 
-def create_app(make_backend: Callable[[], Backend], catalog: ServingCatalog,
-               limits: Limits | None = None) -> FastAPI:  # fmt: skip
+def create_app(
+    make_backend: Callable[[], Backend], catalog: ServingCatalog, limits: Limits | None = None
+) -> FastAPI:
     """The FastAPI app; ``make_backend`` runs at start-up, on the server's event loop."""
     limits = limits or Limits()
     state: dict[str, Backend] = {}
@@ -109,13 +117,18 @@ def create_app(make_backend: Callable[[], Backend], catalog: ServingCatalog,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state["backend"] = make_backend()
-        logger.info("serving %d items with the %s backend", len(catalog.item_ids),
-                    state["backend"].name)  # fmt: skip
+        logger.info(
+            "serving %d items with the %s backend", len(catalog.item_ids), state["backend"].name
+        )
         yield
         await state["backend"].close()
 
-    app = FastAPI(title="llmrec", version="1", lifespan=lifespan,
-                  description="Generative recommendation: items named by constrained decoding.")  # fmt: skip
+    app = FastAPI(
+        title="llmrec",
+        version="1",
+        lifespan=lifespan,
+        description="Generative recommendation: items named by constrained decoding.",
+    )
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, err: RequestError) -> JSONResponse:
@@ -125,14 +138,23 @@ def create_app(make_backend: Callable[[], Backend], catalog: ServingCatalog,
     async def health() -> dict[str, Any]:
         """Liveness, and what is served."""
         backend = state.get("backend")
-        return {"status": "ok" if backend else "starting", "items": len(catalog.item_ids),
-                "users": len(catalog.histories), "backend": backend.name if backend else None,
-                "adapters": sorted(backend.adapters) if backend else []}  # fmt: skip
+        return {
+            "status": "ok" if backend else "starting",
+            "items": len(catalog.item_ids),
+            "users": len(catalog.histories),
+            "backend": backend.name if backend else None,
+            "adapters": sorted(backend.adapters) if backend else [],
+        }
 
-    @app.post("/v1/recommend", response_model=RecommendResponse,
-              responses={404: {"description": "unknown user or adapter"},
-                         413: {"description": "history too long"},
-                         422: {"description": "invalid request (unknown items, k out of range)"}})  # fmt: skip
+    @app.post(
+        "/v1/recommend",
+        response_model=RecommendResponse,
+        responses={
+            404: {"description": "unknown user or adapter"},
+            413: {"description": "history too long"},
+            422: {"description": "invalid request (unknown items, k out of range)"},
+        },
+    )
     async def recommend(req: RecommendRequest) -> RecommendResponse:
         """Top-k catalog items for a user or a history, best first, with scores."""
         backend = state["backend"]
@@ -145,11 +167,18 @@ def create_app(make_backend: Callable[[], Backend], catalog: ServingCatalog,
         except Exception as err:  # the engine failed, not the request: say so, as a 503
             logger.exception("backend failure")
             raise RequestError(503, f"the {backend.name} backend failed: {err!r}") from err
-        items = [Item(rank=r, item_id=i, title=catalog.titles.get(i), score=s)
-                 for r, (i, s) in enumerate(ranked, start=1)]  # fmt: skip
-        return RecommendResponse(items=items, k=req.k, user_id=req.user_id,
-                                 history_length=len(history), adapter=req.adapter,
-                                 backend=backend.name,
-                                 latency_ms=(time.perf_counter() - start) * 1000)  # fmt: skip
+        items = [
+            Item(rank=r, item_id=i, title=catalog.titles.get(i), score=s)
+            for r, (i, s) in enumerate(ranked, start=1)
+        ]
+        return RecommendResponse(
+            items=items,
+            k=req.k,
+            user_id=req.user_id,
+            history_length=len(history),
+            adapter=req.adapter,
+            backend=backend.name,
+            latency_ms=(time.perf_counter() - start) * 1000,
+        )
 
     return app

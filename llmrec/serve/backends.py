@@ -60,8 +60,9 @@ class ServingCatalog:
             titles = dict(zip(items["item_id"], items["title"].astype(str), strict=True))
         histories = {}
         cases = prepared.split.cases("test")
-        for user, history, target in zip(cases["user_id"], cases["history"], cases["target"],
-                                         strict=True):  # fmt: skip
+        for user, history, target in zip(
+            cases["user_id"], cases["history"], cases["target"], strict=True
+        ):
             histories[str(user)] = (*(str(i) for i in history), *_targets(target))
         return cls(tuple(item_ids), titles, histories)
 
@@ -82,9 +83,14 @@ class Backend(Protocol):
         """Adapter names a request may ask for."""
         ...
 
-    async def recommend(self, history: Sequence[str], k: int, exclude: Collection[str],
-                        adapter: str | None, num_beams: int | None = None
-                        ) -> list[tuple[str, float]]:  # fmt: skip
+    async def recommend(
+        self,
+        history: Sequence[str],
+        k: int,
+        exclude: Collection[str],
+        adapter: str | None,
+        num_beams: int | None = None,
+    ) -> list[tuple[str, float]]:
         """Best first, at most ``k``, never an item of ``exclude``; beam width
         ``max(num_beams or the backend's, k)``."""
         ...
@@ -114,9 +120,14 @@ class VLLMBackend:
         """Names a request may ask for."""
         return self.lora.keys()
 
-    async def recommend(self, history: Sequence[str], k: int, exclude: Collection[str],
-                        adapter: str | None, num_beams: int | None = None
-                        ) -> list[tuple[str, float]]:  # fmt: skip
+    async def recommend(
+        self,
+        history: Sequence[str],
+        k: int,
+        exclude: Collection[str],
+        adapter: str | None,
+        num_beams: int | None = None,
+    ) -> list[tuple[str, float]]:
         """One beam search; its steps share engine batches with every other request's."""
         width = min(max(num_beams or self.num_beams, k), len(self.trie.item_ids))
         banned = sorted(self._index[i] for i in exclude if i in self._index)
@@ -158,9 +169,14 @@ class HFBackend:
         self._worker: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-batch")
 
-    async def recommend(self, history: Sequence[str], k: int, exclude: Collection[str],
-                        adapter: str | None, num_beams: int | None = None
-                        ) -> list[tuple[str, float]]:  # fmt: skip
+    async def recommend(
+        self,
+        history: Sequence[str],
+        k: int,
+        exclude: Collection[str],
+        adapter: str | None,
+        num_beams: int | None = None,
+    ) -> list[tuple[str, float]]:
         """Queue the request; the batcher answers it with the others that arrive with it."""
         if adapter:
             raise RequestError(400, "the HF backend serves no adapters; use the vLLM backend")
@@ -191,9 +207,12 @@ class HFBackend:
                 group = [p for p in batch if p.width == width]
                 try:
                     ranked = await loop.run_in_executor(
-                        self._pool, self.recommender.score_beam,
-                        [p.history for p in group], width, [p.exclude for p in group],
-                    )  # fmt: skip
+                        self._pool,
+                        self.recommender.score_beam,
+                        [p.history for p in group],
+                        width,
+                        [p.exclude for p in group],
+                    )
                 except Exception as err:  # answer every waiting request, keep the batcher alive
                     for p in group:
                         p.future.set_exception(err)

@@ -46,8 +46,9 @@ class Search:
         return not self.running
 
 
-def expand(search: Search, candidates: Sequence[Sequence[tuple[int, float]]],
-           end_token_id: int) -> None:  # fmt: skip
+def expand(
+    search: Search, candidates: Sequence[Sequence[tuple[int, float]]], end_token_id: int
+) -> None:
     """Advance ``search`` by one level given each running beam's (token, log-prob) candidates."""
     pool = []
     for (tokens, score), cands in zip(search.running, candidates, strict=True):
@@ -99,8 +100,9 @@ def _candidates(output: Any) -> list[tuple[int, float]]:
     return [(int(tok), float(lp.logprob)) for tok, lp in logprobs[0].items()]
 
 
-def beam_search(llm: Any, searches: list[Search], trie: ItemTrie, trie_path: str,
-                lora_request: Any = None) -> list[list[tuple[int, float]]]:  # fmt: skip
+def beam_search(
+    llm: Any, searches: list[Search], trie: ItemTrie, trie_path: str, lora_request: Any = None
+) -> list[list[tuple[int, float]]]:
     """Run every user's search to the end with a synchronous ``vllm.LLM``; per user ranked items.
 
     All users' live beams of one level go to the engine as one batch.
@@ -127,8 +129,9 @@ def beam_search(llm: Any, searches: list[Search], trie: ItemTrie, trie_path: str
     return [ranked(s, trie) for s in searches]
 
 
-async def beam_search_async(engine: Any, search: Search, trie: ItemTrie, trie_path: str,
-                            lora_request: Any = None) -> list[tuple[int, float]]:  # fmt: skip
+async def beam_search_async(
+    engine: Any, search: Search, trie: ItemTrie, trie_path: str, lora_request: Any = None
+) -> list[tuple[int, float]]:
     """One user's search on a ``vllm.v1.engine.async_llm.AsyncLLM``; concurrent calls share
     the engine's batches."""
     from vllm.inputs import TokensPrompt
@@ -137,8 +140,9 @@ async def beam_search_async(engine: Any, search: Search, trie: ItemTrie, trie_pa
         prompt = TokensPrompt(prompt_token_ids=search.prompt + list(tokens))
         params = step_params(search, len(tokens), trie_path)
         final = None
-        async for out in engine.generate(prompt, params, f"beam-{next(_request_ids)}",
-                                         lora_request=lora_request):  # fmt: skip
+        async for out in engine.generate(
+            prompt, params, f"beam-{next(_request_ids)}", lora_request=lora_request
+        ):
             final = out
         return _candidates(final) if final is not None else []
 
@@ -150,9 +154,14 @@ async def beam_search_async(engine: Any, search: Search, trie: ItemTrie, trie_pa
     return ranked(search, trie)
 
 
-async def greedy_async(engine: Any, prompt: list[int], trie: ItemTrie, trie_path: str,
-                       exclude: list[int], lora_request: Any = None
-                       ) -> list[tuple[int, float]]:  # fmt: skip
+async def greedy_async(
+    engine: Any,
+    prompt: list[int],
+    trie: ItemTrie,
+    trie_path: str,
+    exclude: list[int],
+    lora_request: Any = None,
+) -> list[tuple[int, float]]:
     """Width-1 search as one request decoding the whole item (no prompt re-fed per level).
 
     Same result as a beam of one: the argmax allowed token at every level, scored by the
@@ -161,19 +170,29 @@ async def greedy_async(engine: Any, prompt: list[int], trie: ItemTrie, trie_path
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(max_tokens=trie.depth, temperature=0.0, logprobs=0, detokenize=False,
-                            stop_token_ids=[trie.end_token_id],
-                            extra_args=constraint_args(trie_path, 0, exclude))  # fmt: skip
+    params = SamplingParams(
+        max_tokens=trie.depth,
+        temperature=0.0,
+        logprobs=0,
+        detokenize=False,
+        stop_token_ids=[trie.end_token_id],
+        extra_args=constraint_args(trie_path, 0, exclude),
+    )
     final = None
-    async for out in engine.generate(TokensPrompt(prompt_token_ids=prompt), params,
-                                     f"greedy-{next(_request_ids)}", lora_request=lora_request):  # fmt: skip
+    async for out in engine.generate(
+        TokensPrompt(prompt_token_ids=prompt),
+        params,
+        f"greedy-{next(_request_ids)}",
+        lora_request=lora_request,
+    ):
         final = out
     if final is None:
         return []
     completion = final.outputs[0]
     tokens = tuple(completion.token_ids)
-    score = sum(step[tok].logprob for step, tok in zip(completion.logprobs or [], tokens,
-                                                        strict=False))  # fmt: skip
+    score = sum(
+        step[tok].logprob for step, tok in zip(completion.logprobs or [], tokens, strict=False)
+    )
     index = item_index(trie)
     return [(index[tokens], float(score))] if tokens in index else []
 
@@ -182,9 +201,13 @@ def check_engine(model_config: Any, width: int) -> None:
     """Raise unless the engine returns processed logits and enough of them for ``width``."""
     mode = getattr(model_config, "logprobs_mode", None)
     if mode != "processed_logits":
-        raise ValueError(f"the engine's logprobs_mode is {mode!r}; constrained beam search needs "
-                         "'processed_logits' (the constrained raw log-probabilities)")  # fmt: skip
+        raise ValueError(
+            f"the engine's logprobs_mode is {mode!r}; constrained beam search needs "
+            "'processed_logits' (the constrained raw log-probabilities)"
+        )
     limit = getattr(model_config, "max_logprobs", 20)
     if limit != -1 and width > limit:
-        raise ValueError(f"beam width {width} exceeds the engine's max_logprobs={limit}; build "
-                         "the engine with a larger max_logprobs")  # fmt: skip
+        raise ValueError(
+            f"beam width {width} exceeds the engine's max_logprobs={limit}; build "
+            "the engine with a larger max_logprobs"
+        )

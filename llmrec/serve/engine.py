@@ -156,21 +156,30 @@ class VLLMRecommender:
         trie = ItemTrie.from_sid_map(sid_map, prompts.tokenizer, prompts.end_token_id)
         return cls(llm, prompts, trie, **kwargs)
 
-    def score_beam(self, histories: Sequence[Sequence[str]], width: int,
-                   exclude: Sequence[Collection[str]] | None = None
-                   ) -> list[list[tuple[str, float]]]:  # fmt: skip
+    def score_beam(
+        self,
+        histories: Sequence[Sequence[str]],
+        width: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
         """Per user, ``width`` (item, log-prob) pairs best first (as ``HFRecommender``'s)."""
         searches = [
-            Search(self.prompts.encode(h), width,
-                   sorted(self._index[i] for i in (exclude[u] if exclude else ()) if i in self._index))
+            Search(
+                self.prompts.encode(h),
+                width,
+                sorted(self._index[i] for i in (exclude[u] if exclude else ()) if i in self._index),
+            )
             for u, h in enumerate(histories)
-        ]  # fmt: skip
+        ]
         found = beam_search(self.llm, searches, self.trie, self.trie_path, self.lora_request)
         return [[(self.trie.item_ids[i], s) for i, s in row] for row in found]
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int,
-                  exclude: Sequence[Collection[str]] | None = None
-                  ) -> tuple[list[list[str]], np.ndarray]:  # fmt: skip
+    def recommend(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> tuple[list[list[str]], np.ndarray]:
         """Top-k catalog items per history (see ``Recommender``)."""
         width = min(max(self.num_beams, k), len(self.trie.item_ids))
         items: list[list[str]] = []

@@ -63,8 +63,9 @@ def load_trie(path: str) -> ItemTrie:
     return ItemTrie(**fields)
 
 
-def constraint_args(trie_path: str | Path, prefix_len: int = 0,
-                    exclude: list[int] | None = None) -> dict[str, Any]:  # fmt: skip
+def constraint_args(
+    trie_path: str | Path, prefix_len: int = 0, exclude: list[int] | None = None
+) -> dict[str, Any]:
     """``SamplingParams.extra_args`` that constrain a request to the trie's items."""
     args: dict[str, Any] = {ARG_TRIE: str(trie_path), ARG_PREFIX: int(prefix_len)}
     if exclude:
@@ -165,14 +166,16 @@ class TrieLogitsProcessor(LogitsProcessor):
         groups: dict[tuple[str, int], list[int]] = {}
         for index, row in self.rows.items():
             if index < logits.shape[0]:
-                groups.setdefault((row.trie_path, len(row.prompt_tail) + len(row.output)),
-                                  []).append(index)  # fmt: skip
+                groups.setdefault(
+                    (row.trie_path, len(row.prompt_tail) + len(row.output)), []
+                ).append(index)
         for (path, _), indices in groups.items():
             trie = self._trie(path)
             rows = [self.rows[i] for i in indices]
             idx = torch.tensor(indices, device=logits.device)
-            generated = torch.tensor([r.generated() for r in rows], dtype=torch.long,
-                                     device=logits.device).reshape(len(rows), -1)  # fmt: skip
+            generated = torch.tensor(
+                [r.generated() for r in rows], dtype=torch.long, device=logits.device
+            ).reshape(len(rows), -1)
             # Raw log-probabilities, so processed logits are HF's beam scores (see module doc).
             scores = torch.log_softmax(logits[idx], dim=-1).nan_to_num_(nan=float("-inf"))
             banned = banned_rows = None

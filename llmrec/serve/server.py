@@ -46,8 +46,10 @@ def lora_requests(adapters: dict[str, str]) -> dict[str, Any]:
     """``LoRARequest`` per adapter name, after checking vLLM can serve each folder."""
     from vllm.lora.request import LoRARequest
 
-    return {name: LoRARequest(name, n, str(check_adapter(path)))
-            for n, (name, path) in enumerate(sorted(adapters.items()), start=1)}  # fmt: skip
+    return {
+        name: LoRARequest(name, n, str(check_adapter(path)))
+        for n, (name, path) in enumerate(sorted(adapters.items()), start=1)
+    }
 
 
 def check_adapter(path: str | Path) -> Path:
@@ -88,8 +90,10 @@ def resolve_run(run: str | Path | None, model_dir: str | Path | None) -> Path:
     if run is not None:
         return Path(run)
     if model_dir is None:
-        raise ValueError("give --run RUN (a run directory) or --model DIR (an export or a run's "
-                         "sft/model folder)")  # fmt: skip
+        raise ValueError(
+            "give --run RUN (a run directory) or --model DIR (an export or a run's "
+            "sft/model folder)"
+        )
     model_dir = Path(model_dir)
     candidates = []
     info = model_dir / "export_info.json"
@@ -107,8 +111,7 @@ def resolve_run(run: str | Path | None, model_dir: str | Path | None) -> Path:
     )
 
 
-def build_app(cfg: ServeConfig, run: str | Path | None,
-              model_dir: str | Path | None = None) -> Any:  # fmt: skip
+def build_app(cfg: ServeConfig, run: str | Path | None, model_dir: str | Path | None = None) -> Any:
     """The FastAPI app for a run (the backend starts with the server)."""
     from llmrec.constrain.trie import ItemTrie
     from llmrec.indexing.sid_map import SemanticIdMap
@@ -136,8 +139,14 @@ def build_app(cfg: ServeConfig, run: str | Path | None,
             if cfg.adapters and not engine_cfg.enable_lora:
                 engine_cfg = EngineConfig(**{**engine_cfg.__dict__, "enable_lora": True})
             engine = build_async_engine(model_dir, engine_cfg)
-            return VLLMBackend(engine, prompts, trie, str(trie_file(trie)), cfg.num_beams,
-                               lora_requests(cfg.adapters))  # fmt: skip
+            return VLLMBackend(
+                engine,
+                prompts,
+                trie,
+                str(trie_file(trie)),
+                cfg.num_beams,
+                lora_requests(cfg.adapters),
+            )
         from transformers import AutoModelForCausalLM
 
         from llmrec.recommend.hf import HFRecommender

@@ -40,9 +40,11 @@ class LoraSection:
     )
     new_tokens: Literal["trainable_tokens", "modules_to_save"] = field(
         default="trainable_tokens",
-        metadata={"help": "trainable_tokens: train only the SID rows of the input (and untied "
-                  "output) embeddings; modules_to_save: train full copies of both matrices"},
-    )  # fmt: skip
+        metadata={
+            "help": "trainable_tokens: train only the SID rows of the input (and untied "
+            "output) embeddings; modules_to_save: train full copies of both matrices"
+        },
+    )
 
 
 @dataclass
@@ -68,9 +70,11 @@ class TrainingSection:
     )
     global_batch_size: int | None = field(
         default=None,
-        metadata={"help": "examples per optimizer step over all processes; sets gradient "
-                  "accumulation from the launch's world size (MiniOneRec style)"},
-    )  # fmt: skip
+        metadata={
+            "help": "examples per optimizer step over all processes; sets gradient "
+            "accumulation from the launch's world size (MiniOneRec style)"
+        },
+    )
     group_by_length: bool = field(
         default=False, metadata={"help": "batch examples of similar length (less padding)"}
     )
@@ -83,9 +87,10 @@ class TrainingSection:
     )
     eval_steps: int = field(
         default=0,
-        metadata={"help": "every N steps: validation loss and the injected eval function "
-                  "(0: never)"},
-    )  # fmt: skip
+        metadata={
+            "help": "every N steps: validation loss and the injected eval function (0: never)"
+        },
+    )
     report_to: str | list[str] = field(
         default="none", metadata={"help": "none, tensorboard, wandb (or a list)"}
     )
@@ -95,9 +100,11 @@ class TrainingSection:
     )
     gradient_checkpointing: Literal["auto"] | bool = field(
         default="auto",
-        metadata={"help": "recompute activations to save memory; auto: on CUDA for pretrained "
-                  "models, off on CPU and for tiny models"},
-    )  # fmt: skip
+        metadata={
+            "help": "recompute activations to save memory; auto: on CUDA for pretrained "
+            "models, off on CPU and for tiny models"
+        },
+    )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
     dataset_num_proc: int | None = field(
         default=None, metadata={"help": "processes for tokenizing the dataset"}
@@ -110,9 +117,11 @@ class SFTStageConfig:
 
     model: str = field(
         default="tiny",
-        metadata={"help": "'tiny' (a small causal LM built from a config, trained from scratch "
-                  "with the run's tokenizer) or a HF model name/folder"},
-    )  # fmt: skip
+        metadata={
+            "help": "'tiny' (a small causal LM built from a config, trained from scratch "
+            "with the run's tokenizer) or a HF model name/folder"
+        },
+    )
     revision: str | None = field(default=None, metadata={"help": "HF model revision"})
     arch: Literal["qwen2", "llama"] = field(default="qwen2", metadata={"help": "tiny: family"})
     tiny_hidden_size: int = field(default=128, metadata={"help": "tiny: hidden size"})
@@ -124,9 +133,11 @@ class SFTStageConfig:
     )
     dtype: Dtype = field(
         default="auto",
-        metadata={"help": "weights dtype; auto: float32 for full fine-tuning (bf16 autocast "
-                  "where enabled), bfloat16 under LoRA where supported"},
-    )  # fmt: skip
+        metadata={
+            "help": "weights dtype; auto: float32 for full fine-tuning (bf16 autocast "
+            "where enabled), bfloat16 under LoRA where supported"
+        },
+    )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "sdpa, eager, flash_attention_2 (default: transformers')"}
     )
@@ -137,16 +148,20 @@ class SFTStageConfig:
     lora: LoraSection = field(default_factory=LoraSection)
     max_history: int | None = field(
         default=None,
-        metadata={"help": "items of history in prompts; None: as the instruct stage rendered "
-                  "them, a number re-renders them (same examples and paraphrases)"},
-    )  # fmt: skip
+        metadata={
+            "help": "items of history in prompts; None: as the instruct stage rendered "
+            "them, a number re-renders them (same examples and paraphrases)"
+        },
+    )
     max_length: int = field(default=512, metadata={"help": "tokens per example (truncated)"})
     packing: bool = field(default=False, metadata={"help": "pack examples into max_length rows"})
     completion_only_loss: bool = field(
         default=True,
-        metadata={"help": "loss on the completion only; false also trains on the prompt (with "
-                  "the seqrec_lm task every history item becomes a target)"},
-    )  # fmt: skip
+        metadata={
+            "help": "loss on the completion only; false also trains on the prompt (with "
+            "the seqrec_lm task every history item becomes a target)"
+        },
+    )
     train_samples: int | None = field(
         default=None, metadata={"help": "train on a seeded random subset of this many examples"}
     )

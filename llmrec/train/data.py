@@ -37,8 +37,11 @@ def load_sft_datasets(cfg: SFTStageConfig, run: Path) -> tuple[Any, Any | None]:
     instruct_dir = StageDir(run, "instruct").require(f"llmrec instruct build --run {run}")
     icfg = instruct_config(instruct_dir)
     if cfg.max_history is not None and cfg.max_history != icfg.max_history:
-        logger.info("re-rendering the instructions with max_history=%d (instruct stage: %d)",
-                    cfg.max_history, icfg.max_history)  # fmt: skip
+        logger.info(
+            "re-rendering the instructions with max_history=%d (instruct stage: %d)",
+            cfg.max_history,
+            icfg.max_history,
+        )
         train, validation = _rerender(run, instruct_dir, replace(icfg, max_history=cfg.max_history))
     else:
         # In memory: TRL's tokenisation would otherwise write cache files into <run>/instruct/.
@@ -86,8 +89,9 @@ def _rerender(run: Path, instruct_dir: Path, icfg: Any) -> tuple[Any, Any]:
         for e in examples[split]:
             if conversational:
                 system = [{"role": "system", "content": icfg.system_prompt}]
-                prompts.append((system if icfg.system_prompt else []) +
-                               [{"role": "user", "content": e.prompt}])  # fmt: skip
+                prompts.append(
+                    (system if icfg.system_prompt else []) + [{"role": "user", "content": e.prompt}]
+                )
                 completions.append([{"role": "assistant", "content": e.completion}])
             else:
                 prompts.append(e.prompt)

@@ -119,11 +119,17 @@ def export_model(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         shutil.copy(sft_dir / "sid_map.json", tmp / "sid_map.json")
-        write_json_atomic(tmp / "export_info.json", {
-            "source": str(sft_dir), "run": str(sft_dir.parent.resolve()),
-            "finetune": info["finetune"], "merged": merged,
-            "dtype": target, "base": info["model"],
-        })  # fmt: skip
+        write_json_atomic(
+            tmp / "export_info.json",
+            {
+                "source": str(sft_dir),
+                "run": str(sft_dir.parent.resolve()),
+                "finetune": info["finetune"],
+                "merged": merged,
+                "dtype": target,
+                "base": info["model"],
+            },
+        )
         logger.info("exported %s (%s, %s) to %s", sft_dir, info["finetune"], target, out)
         return {"finetune": info["finetune"], "dtype": target}
 

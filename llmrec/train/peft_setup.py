@@ -64,8 +64,9 @@ def bf16_supported() -> bool:
 def resolve_dtype(cfg: SFTStageConfig) -> torch.dtype:
     """The dtype to load weights in (see ``SFTStageConfig.dtype``)."""
     if cfg.dtype != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                "float16": torch.float16}[cfg.dtype]  # fmt: skip
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            cfg.dtype
+        ]
     # Full fine-tuning keeps fp32 master weights (mixed precision autocasts the math); a frozen
     # LoRA base only needs to be read, so bf16 halves its memory where the GPU handles it.
     if cfg.finetune != "full" and cfg.model != "tiny" and bf16_supported():

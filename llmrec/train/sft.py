@@ -136,8 +136,11 @@ def _check_tokenizer(cfg: SFTStageConfig, instruct_tokenizer: str) -> None:
             f"model={cfg.model!r} but the instruct stage used the tiny local tokenizer; rebuild "
             f"it with the model's tokenizer: llmrec instruct build --run RUN tokenizer={cfg.model}"
         )
-    logger.warning("the instruct stage's tokenizer is %r, the model %r: make sure they match",
-                   instruct_tokenizer, cfg.model)  # fmt: skip
+    logger.warning(
+        "the instruct stage's tokenizer is %r, the model %r: make sure they match",
+        instruct_tokenizer,
+        cfg.model,
+    )
 
 
 def _warn_truncated(dataset: Any, max_length: int) -> None:
@@ -145,9 +148,13 @@ def _warn_truncated(dataset: Any, max_length: int) -> None:
         return
     n = sum(len(ids) >= max_length for ids in dataset["input_ids"])
     if n:
-        logger.warning("%d of %d training examples reach max_length=%d and lose their end "
-                       "(completion included): raise max_length or lower max_history",
-                       n, len(dataset), max_length)  # fmt: skip
+        logger.warning(
+            "%d of %d training examples reach max_length=%d and lose their end "
+            "(completion included): raise max_length or lower max_history",
+            n,
+            len(dataset),
+            max_length,
+        )
 
 
 def train_sft(
@@ -195,8 +202,9 @@ def train_sft(
     instruct_dir = instruct.require(f"llmrec instruct build --run {run}")
     sids_dir = StageDir(run, "sids").require(f"llmrec index build --run {run}")
     stage = StageDir(run, STAGE)
-    key = config_hash({"sft": to_dict(cfg), "instruct": (instruct.done_info() or {}).get(
-        "config_hash")})  # fmt: skip
+    key = config_hash(
+        {"sft": to_dict(cfg), "instruct": (instruct.done_info() or {}).get("config_hash")}
+    )
     if not force and stage.is_done(key):
         logger.info("%s is up to date (config %s); skipping", stage.path, key)
         return stage.path
@@ -211,15 +219,21 @@ def train_sft(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     last = latest_checkpoint(ckpt_dir) if resume else None
-    logger.info("checkpoints and log.jsonl in %s%s", ckpt_dir,
-                f"; resuming from {last.name}" if last else "")  # fmt: skip
+    logger.info(
+        "checkpoints and log.jsonl in %s%s",
+        ckpt_dir,
+        f"; resuming from {last.name}" if last else "",
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(instruct_dir / "tokenizer")
     sid_ids = sid_token_ids(tokenizer, SemanticIdMap.load(sids_dir / "sid_map.json"))
     train_ds, val_ds = load_sft_datasets(cfg, run)
     model = build_model(cfg, tokenizer, sid_ids)
-    base_info = {"tied": embeddings_tied(model), "dtype": str(model.dtype).removeprefix("torch."),
-                 "vocab_rows": int(model.get_input_embeddings().weight.shape[0])}  # fmt: skip
+    base_info = {
+        "tied": embeddings_tied(model),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "vocab_rows": int(model.get_input_embeddings().weight.shape[0]),
+    }
     saved_base = cfg.finetune != "full" and cfg.model == "tiny"
     if saved_base and state.is_main_process:
         # A from-config base cannot be fetched again by name: keep it beside the adapter.
@@ -243,8 +257,12 @@ def train_sft(
         _warn_truncated(trainer.train_dataset, cfg.max_length)
     wrapped: Any = trainer.model  # the PeftModel under LoRA
     params = [(p.numel(), p.requires_grad) for p in wrapped.parameters()]
-    logger.info("%s fine-tuning: %s of %s parameters trainable", cfg.finetune,
-                f"{sum(n for n, grad in params if grad):,}", f"{sum(n for n, _ in params):,}")  # fmt: skip
+    logger.info(
+        "%s fine-tuning: %s of %s parameters trainable",
+        cfg.finetune,
+        f"{sum(n for n, grad in params if grad):,}",
+        f"{sum(n for n, _ in params):,}",
+    )
 
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     ranks = gather_object([{"rank": state.process_index, "steps": counter.steps}])
@@ -260,19 +278,32 @@ def train_sft(
             shutil.move(ckpt_dir / "base_model", staging / "base_model")
         shutil.copy(sids_dir / "sid_map.json", staging / "sid_map.json")
         (staging / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-        info = {"finetune": cfg.finetune, "model": cfg.model, "revision": cfg.revision,
-                "base_model": "base_model" if saved_base else None, **base_info,
-                "sid_token_ids": sid_ids, "seed": cfg.training.seed,
-                "world_size": state.num_processes}  # fmt: skip
+        info = {
+            "finetune": cfg.finetune,
+            "model": cfg.model,
+            "revision": cfg.revision,
+            "base_model": "base_model" if saved_base else None,
+            **base_info,
+            "sid_token_ids": sid_ids,
+            "seed": cfg.training.seed,
+            "world_size": state.num_processes,
+        }
         write_json_atomic(staging / "sft_info.json", info)
         history = trainer.state.log_history
         losses = [row["loss"] for row in history if "loss" in row]
-        write_json_atomic(staging / "metrics.json", {
-            "train": result.metrics, "global_step": trainer.state.global_step,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "world_size": state.num_processes, "ranks": ranks,
-            "resumed_from": last.name if last else None, "log_history": history,
-        })  # fmt: skip
+        write_json_atomic(
+            staging / "metrics.json",
+            {
+                "train": result.metrics,
+                "global_step": trainer.state.global_step,
+                "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None,
+                "world_size": state.num_processes,
+                "ranks": ranks,
+                "resumed_from": last.name if last else None,
+                "log_history": history,
+            },
+        )
         if (ckpt_dir / "runs").is_dir():
             shutil.copytree(ckpt_dir / "runs", staging / "tensorboard")
 
@@ -295,8 +326,9 @@ def format_summary(folder: Path) -> str:
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     info = json.loads((folder / "sft_info.json").read_text(encoding="utf-8"))
     train = metrics["train"]
-    evals = [row for row in metrics["log_history"] if any(k.startswith(("eval_", "val_"))
-                                                           for k in row)]  # fmt: skip
+    evals = [
+        row for row in metrics["log_history"] if any(k.startswith(("eval_", "val_")) for k in row)
+    ]
     lines = [
         f"{info['finetune']} fine-tuning of {info['model']}: {metrics['global_step']} steps on "
         f"{metrics['world_size']} process(es) in {train.get('train_runtime', 0):.0f} s",
@@ -313,8 +345,13 @@ def add_sft_arguments(parser: argparse.ArgumentParser) -> None:
     """``--run``, ``--config``, ``--force``, ``--no-resume`` and ``key=value`` overrides."""
     # --run-dir: torchrun's parser rejects `--run` after the script as an ambiguous prefix of its
     # own --run-path; `--run-dir` passes through to the script.
-    parser.add_argument("--run", "--run-dir", dest="run", default="runs/ml100k",
-                        help="run directory (default runs/ml100k)")  # fmt: skip
+    parser.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        default="runs/ml100k",
+        help="run directory (default runs/ml100k)",
+    )
     parser.add_argument("--config", type=Path, help="YAML config (see recipes/sft/)")
     parser.add_argument("--force", action="store_true", help="retrain from scratch")
     parser.add_argument(
@@ -322,8 +359,12 @@ def add_sft_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ignore checkpoints of an interrupted run with the same config",
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted config overrides, e.g. training.max_steps=100")  # fmt: skip
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted config overrides, e.g. training.max_steps=100",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

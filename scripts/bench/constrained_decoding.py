@@ -191,8 +191,11 @@ def render_prompts(sid_map: SemanticIdMap, tokenizer: Any, seed: int) -> tuple[A
     for _ in range(N_PROMPTS):
         rows = rng.integers(0, len(sid_map), size=int(rng.integers(14, 21)))
         hist = [sid_map.sid(sid_map.item_ids[r]) for r in rows]
-        texts.append("The user bought these items, in order: " + ", ".join(hist)
-                     + ".\nRecommend the next item.\n### Response:\n")  # fmt: skip
+        texts.append(
+            "The user bought these items, in order: "
+            + ", ".join(hist)
+            + ".\nRecommend the next item.\n### Response:\n"
+        )
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
     return enc["input_ids"], enc["attention_mask"]
 
@@ -327,13 +330,18 @@ def gen_kwargs(model: Any, trie: ItemTrie, prompt_length: int) -> dict[str, Any]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return constrained_generate_kwargs(
-            model, trie, prompt_length, num_beams=NUM_BEAMS, num_return_sequences=TOP_K,
+            model,
+            trie,
+            prompt_length,
+            num_beams=NUM_BEAMS,
+            num_return_sequences=TOP_K,
             do_sample=False,
-        )  # fmt: skip
+        )
 
 
-def generate(model: Any, setup: Setup, kwargs: dict[str, Any],
-             processor: LogitsProcessor | None) -> tuple[torch.Tensor, float, float]:  # fmt: skip
+def generate(
+    model: Any, setup: Setup, kwargs: dict[str, Any], processor: LogitsProcessor | None
+) -> tuple[torch.Tensor, float, float]:
     """One beam search: (generated tokens [N_PROMPTS·K, T], wall seconds, CPU seconds)."""
     kw = dict(kwargs)
     kw["logits_processor"] = [processor] if processor is not None else None
@@ -352,8 +360,13 @@ def generate(model: Any, setup: Setup, kwargs: dict[str, Any],
 CLEAN_LOAD = 0.15  # a repetition counts when other processes used < 15% of the CPUs meanwhile
 
 
-def probed(model: Any, setup: Setup, kwargs: dict[str, Any], processor: LogitsProcessor | None,
-           probe: LoadMonitor) -> tuple[torch.Tensor, float, float, bool]:  # fmt: skip
+def probed(
+    model: Any,
+    setup: Setup,
+    kwargs: dict[str, Any],
+    processor: LogitsProcessor | None,
+    probe: LoadMonitor,
+) -> tuple[torch.Tensor, float, float, bool]:
     """``generate`` plus whether the machine was quiet meanwhile (``CLEAN_LOAD``)."""
     probe.start()
     out, wall, cpu = generate(model, setup, kwargs, processor)
@@ -366,8 +379,9 @@ def items_per_prompt(trie: ItemTrie, generated: torch.Tensor) -> list[list[str |
     return [items[p * TOP_K : (p + 1) * TOP_K] for p in range(N_PROMPTS)]
 
 
-def assert_valid(trie: ItemTrie, generated: torch.Tensor, what: str,
-                 excluded: list[list[int]] | None = None) -> None:  # fmt: skip
+def assert_valid(
+    trie: ItemTrie, generated: torch.Tensor, what: str, excluded: list[list[int]] | None = None
+) -> None:
     """Every returned sequence names a catalog item (and none of its prompt's exclusions)."""
     per_prompt = items_per_prompt(trie, generated)
     bad = sum(i is None for p in per_prompt for i in p)
@@ -392,8 +406,15 @@ def ms_stats(seconds: Sequence[float]) -> dict[str, float]:
 # ---- part 1 ----------------------------------------------------------------------------------
 
 
-def step_cost(model: Any, setup: Setup, catalogs: Sequence[int], reps: int,
-              banned_reps: int, monitor: LoadMonitor, retry: int) -> list[Row]:  # fmt: skip
+def step_cost(
+    model: Any,
+    setup: Setup,
+    catalogs: Sequence[int],
+    reps: int,
+    banned_reps: int,
+    monitor: LoadMonitor,
+    retry: int,
+) -> list[Row]:
     """Per-step time inside each constraint, per catalog; checks validity and agreement."""
     rows: list[Row] = []
     sync = setup.device.type == "cuda"
@@ -405,9 +426,8 @@ def step_cost(model: Any, setup: Setup, catalogs: Sequence[int], reps: int,
         procs: dict[str, Timed] = {
             "trie": Timed(TrieLogitsProcessor(trie, P, inplace=True), sync),
             "trie_fresh": Timed(TrieLogitsProcessor(trie, P), sync),
-            "dict_baseline": Timed(DictPrefixProcessor(setup.tables[n_items], NUM_BEAMS, P),
-                                   sync),
-        }  # fmt: skip
+            "dict_baseline": Timed(DictPrefixProcessor(setup.tables[n_items], NUM_BEAMS, P), sync),
+        }
         n_reps = dict.fromkeys(procs, reps)
         excluded = None
         if n_items >= 100_000:  # the recommender's path: each prompt's history excluded
@@ -457,18 +477,28 @@ def step_cost(model: Any, setup: Setup, catalogs: Sequence[int], reps: int,
             medians = [statistics.median(s) for s in by_index]
             minima = [min(s) for s in by_index]
             stats = ms_stats(seconds)
-            block.append({
-                "part": "step_cost", "catalog_items": n_items, "method": name,
-                "device": setup.device.type, "rows_per_step": N_PROMPTS * NUM_BEAMS,
-                "vocabulary": V, "search_ms": round(1e3 * sum(medians), 4),
-                "search_ms_min": round(1e3 * sum(minima), 4),
-                "step_ms_mean": stats["mean"], "step_ms_median": stats["median"],
-                "step_ms_p90": stats["p90"], "step_ms_min": stats["min"],
-                "n_steps": len(seconds), "clean_reps": len(runs[name][True]),
-                "noisy_reps": len(runs[name][False]),
-                "step_ms_median_by_position": [round(1e3 * m, 4) for m in medians],
-                "foreign_cpu_share": load, "waited_for_quiet_s": waited,
-            })  # fmt: skip
+            block.append(
+                {
+                    "part": "step_cost",
+                    "catalog_items": n_items,
+                    "method": name,
+                    "device": setup.device.type,
+                    "rows_per_step": N_PROMPTS * NUM_BEAMS,
+                    "vocabulary": V,
+                    "search_ms": round(1e3 * sum(medians), 4),
+                    "search_ms_min": round(1e3 * sum(minima), 4),
+                    "step_ms_mean": stats["mean"],
+                    "step_ms_median": stats["median"],
+                    "step_ms_p90": stats["p90"],
+                    "step_ms_min": stats["min"],
+                    "n_steps": len(seconds),
+                    "clean_reps": len(runs[name][True]),
+                    "noisy_reps": len(runs[name][False]),
+                    "step_ms_median_by_position": [round(1e3 * m, 4) for m in medians],
+                    "foreign_cpu_share": load,
+                    "waited_for_quiet_s": waited,
+                }
+            )
         d = next(r for r in block if r["method"] == "dict_baseline")
         for row in block:
             row["speedup_vs_dict"] = round(d["search_ms"] / row["search_ms"], 2)
@@ -483,15 +513,19 @@ def step_cost(model: Any, setup: Setup, catalogs: Sequence[int], reps: int,
                 row["excluded_per_prompt"] = N_EXCLUDED
         rows += block
         t, f = block[0], block[1]
-        print(f"  {n_items:>9,} items: trie {t['search_ms']:.2f} ms/search "
-              f"({t['speedup_vs_dict']}× vs dict {d['search_ms']:.1f}), fresh tensor "
-              f"{f['search_ms']:.2f} ({f['speedup_vs_dict']}×); top-1 agree "
-              f"{agree_top1}/{N_PROMPTS}; foreign CPU {load:.0%}", flush=True)  # fmt: skip
+        print(
+            f"  {n_items:>9,} items: trie {t['search_ms']:.2f} ms/search "
+            f"({t['speedup_vs_dict']}× vs dict {d['search_ms']:.1f}), fresh tensor "
+            f"{f['search_ms']:.2f} ({f['speedup_vs_dict']}×); top-1 agree "
+            f"{agree_top1}/{N_PROMPTS}; foreign CPU {load:.0%}",
+            flush=True,
+        )
     return rows
 
 
-def large_vocab_cost(sid_map: SemanticIdMap, device: torch.device, reps: int,
-                     monitor: LoadMonitor) -> list[Row]:  # fmt: skip
+def large_vocab_cost(
+    sid_map: SemanticIdMap, device: torch.device, reps: int, monitor: LoadMonitor
+) -> list[Row]:
     """Part 1b: the processors alone at a Qwen2.5-sized vocabulary (LARGE_VOCAB), on synthetic
     beam states (each prompt's 50 beams are prefixes of 50 random catalog items).
 
@@ -509,8 +543,9 @@ def large_vocab_cost(sid_map: SemanticIdMap, device: torch.device, reps: int,
     rng = np.random.default_rng(len(sid_map))
     items = rng.integers(0, len(sid_map), size=rows_n)
     prompt = torch.randint(0, end, (rows_n, prompt_len), generator=torch.Generator().manual_seed(0))
-    inputs = [torch.cat([prompt, torch.from_numpy(seqs[items, :t])], 1).to(device)
-              for t in range(depth)]  # fmt: skip
+    inputs = [
+        torch.cat([prompt, torch.from_numpy(seqs[items, :t])], 1).to(device) for t in range(depth)
+    ]
     base = torch.randn(rows_n, V, generator=torch.Generator().manual_seed(1)).log_softmax(-1)
     base = base.to(device)
     sync = device.type == "cuda"
@@ -540,26 +575,50 @@ def large_vocab_cost(sid_map: SemanticIdMap, device: torch.device, reps: int,
                 del scores
     load = monitor.share()
     search = {n: sum(statistics.median(s) for s in seconds[n]) for n in names}
-    rows = [{
-        "part": "step_cost_large_vocab", "catalog_items": len(sid_map), "method": name,
-        "device": device.type, "rows_per_step": rows_n, "vocabulary": V,
-        "search_ms": round(1e3 * search[name], 3),
-        "step_ms_median_by_position": [round(1e3 * statistics.median(s), 3)
-                                       for s in seconds[name]],
-        "speedup_vs_dict": round(search["dict_baseline"] / search[name], 2), "reps": reps,
-        "beam_states": "synthetic", "foreign_cpu_share": load, "waited_for_quiet_s": waited,
-    } for name in names]  # fmt: skip
-    print("  " + ", ".join(f"{r['method']} {r['search_ms']:.1f} ms/search "
-                            f"({r['speedup_vs_dict']}×)" for r in rows)
-          + f"; foreign CPU {load:.0%}", flush=True)  # fmt: skip
+    rows = [
+        {
+            "part": "step_cost_large_vocab",
+            "catalog_items": len(sid_map),
+            "method": name,
+            "device": device.type,
+            "rows_per_step": rows_n,
+            "vocabulary": V,
+            "search_ms": round(1e3 * search[name], 3),
+            "step_ms_median_by_position": [
+                round(1e3 * statistics.median(s), 3) for s in seconds[name]
+            ],
+            "speedup_vs_dict": round(search["dict_baseline"] / search[name], 2),
+            "reps": reps,
+            "beam_states": "synthetic",
+            "foreign_cpu_share": load,
+            "waited_for_quiet_s": waited,
+        }
+        for name in names
+    ]
+    print(
+        "  "
+        + ", ".join(
+            f"{r['method']} {r['search_ms']:.1f} ms/search ({r['speedup_vs_dict']}×)" for r in rows
+        )
+        + f"; foreign CPU {load:.0%}",
+        flush=True,
+    )
     return rows
 
 
 # ---- part 2 ----------------------------------------------------------------------------------
 
 
-def overhead(model: Any, label: str, setup: Setup, n_items: int, warmup: int, reps: int,
-             monitor: LoadMonitor, retry: int) -> list[Row]:  # fmt: skip
+def overhead(
+    model: Any,
+    label: str,
+    setup: Setup,
+    n_items: int,
+    warmup: int,
+    reps: int,
+    monitor: LoadMonitor,
+    retry: int,
+) -> list[Row]:
     """Wall time of generate: trie / dict / unconstrained, interleaved; ratios of medians."""
     waited = monitor.wait_quiet()
     trie, table = setup.tries[n_items], setup.tables[n_items]
@@ -608,36 +667,52 @@ def overhead(model: Any, label: str, setup: Setup, n_items: int, warmup: int, re
     for name in names:
         med = statistics.median(wall[name])
         paired = [w / u for w, u in zip(wall[name], wall["unconstrained"], strict=True)]
-        rows.append({
-            "part": "overhead", "model": label, "catalog_items": n_items,
-            "method": name, "device": setup.device.type, "warmup": warmup,
-            "clean_rounds": len(rounds[True]), "noisy_rounds": len(rounds[False]),
-            "generate_s_median": round(med, 4), "generate_s_min": round(min(wall[name]), 4),
-            "generate_s_all": [round(w, 4) for w in wall[name]],
-            "ratio_vs_unconstrained": round(med / base, 4),
-            "ratio_vs_unconstrained_paired_median": round(statistics.median(paired), 4),
-            "ratio_vs_unconstrained_min": round(min(wall[name]) / min(wall["unconstrained"]), 4),
-            "ratio_vs_unconstrained_cpu_time": round(statistics.median(cpu[name]) / base_cpu, 4),
-            "constraint_s_median": round(statistics.median(inside[name]), 5),
-            # 1 + time inside the processor / unconstrained wall: the same ratio, without noise.
-            "ratio_from_constraint_time": round(1 + statistics.median(inside[name]) / base, 4),
-            "foreign_cpu_share": load, "waited_for_quiet_s": waited,
-        })  # fmt: skip
+        rows.append(
+            {
+                "part": "overhead",
+                "model": label,
+                "catalog_items": n_items,
+                "method": name,
+                "device": setup.device.type,
+                "warmup": warmup,
+                "clean_rounds": len(rounds[True]),
+                "noisy_rounds": len(rounds[False]),
+                "generate_s_median": round(med, 4),
+                "generate_s_min": round(min(wall[name]), 4),
+                "generate_s_all": [round(w, 4) for w in wall[name]],
+                "ratio_vs_unconstrained": round(med / base, 4),
+                "ratio_vs_unconstrained_paired_median": round(statistics.median(paired), 4),
+                "ratio_vs_unconstrained_min": round(
+                    min(wall[name]) / min(wall["unconstrained"]), 4
+                ),
+                "ratio_vs_unconstrained_cpu_time": round(
+                    statistics.median(cpu[name]) / base_cpu, 4
+                ),
+                "constraint_s_median": round(statistics.median(inside[name]), 5),
+                # 1 + time inside the processor / unconstrained wall: the same ratio, without noise.
+                "ratio_from_constraint_time": round(1 + statistics.median(inside[name]) / base, 4),
+                "foreign_cpu_share": load,
+                "waited_for_quiet_s": waited,
+            }
+        )
     rows[0]["invalid_returned"] = invalid_unconstrained
     t, d = rows[1], rows[2]
-    print(f"  {label}: unconstrained {base:.3f} s; trie ×{t['ratio_vs_unconstrained']} "
-          f"(paired {t['ratio_vs_unconstrained_paired_median']}, from constraint time "
-          f"{t['ratio_from_constraint_time']}); dict ×{d['ratio_vs_unconstrained']} (from "
-          f"constraint time {d['ratio_from_constraint_time']}); foreign CPU {load:.0%}",
-          flush=True)  # fmt: skip
+    print(
+        f"  {label}: unconstrained {base:.3f} s; trie ×{t['ratio_vs_unconstrained']} "
+        f"(paired {t['ratio_vs_unconstrained_paired_median']}, from constraint time "
+        f"{t['ratio_from_constraint_time']}); dict ×{d['ratio_vs_unconstrained']} (from "
+        f"constraint time {d['ratio_from_constraint_time']}); foreign CPU {load:.0%}",
+        flush=True,
+    )
     return rows
 
 
 # ---- part 3 ----------------------------------------------------------------------------------
 
 
-def build_rows(sid_map: SemanticIdMap, tokenizer: Any, end: int, traced: bool
-               ) -> tuple[ItemTrie, dict[str, list[int]], list[Row]]:  # fmt: skip
+def build_rows(
+    sid_map: SemanticIdMap, tokenizer: Any, end: int, traced: bool
+) -> tuple[ItemTrie, dict[str, list[int]], list[Row]]:
     """Build the trie (from_sid_map, from_sequences) and the dict table, timing each."""
     n = len(sid_map)
     gc.collect()
@@ -662,32 +737,48 @@ def build_rows(sid_map: SemanticIdMap, tokenizer: Any, end: int, traced: bool
         ItemTrie.from_sid_map(sid_map, tokenizer, end)
         traced_peak = tracemalloc.get_traced_memory()[1] / MB
         tracemalloc.stop()
-    rows: list[Row] = [{
-        "part": "build", "catalog_items": n, "method": "trie", "device": "cpu",
-        "build_s_from_sid_map": round(from_map_s, 3),
-        "build_s_from_sequences": round(from_seq_s, 3),
-        "all_sids_s": round(all_sids_s, 3),
-        "mb": round(trie.nbytes / MB, 2), "n_nodes": int(trie.node_item.numel()),
-        "n_edges": int(trie.edge_key.numel()),
-        "rss_delta_mb": round(rss1 - rss0, 1), "peak_rss_delta_mb": round(peak1 - peak0, 1),
-        "traced_peak_mb": None if traced_peak is None else round(traced_peak, 1),
-    }]  # fmt: skip
+    rows: list[Row] = [
+        {
+            "part": "build",
+            "catalog_items": n,
+            "method": "trie",
+            "device": "cpu",
+            "build_s_from_sid_map": round(from_map_s, 3),
+            "build_s_from_sequences": round(from_seq_s, 3),
+            "all_sids_s": round(all_sids_s, 3),
+            "mb": round(trie.nbytes / MB, 2),
+            "n_nodes": int(trie.node_item.numel()),
+            "n_edges": int(trie.edge_key.numel()),
+            "rss_delta_mb": round(rss1 - rss0, 1),
+            "peak_rss_delta_mb": round(peak1 - peak0, 1),
+            "traced_peak_mb": None if traced_peak is None else round(traced_peak, 1),
+        }
+    ]
     gc.collect()
     rss0, peak0 = rss_mb(), peak_rss_mb()
     t0 = time.perf_counter()
     table = build_dict_table(seqs)
     dict_s = time.perf_counter() - t0
-    rows.append({
-        "part": "build", "catalog_items": n, "method": "dict_baseline", "device": "cpu",
-        "build_s_from_sequences": round(dict_s, 3), "n_keys": len(table),
-        "rss_delta_mb": round(rss_mb() - rss0, 1),
-        "peak_rss_delta_mb": round(peak_rss_mb() - peak0, 1),
-    })  # fmt: skip
+    rows.append(
+        {
+            "part": "build",
+            "catalog_items": n,
+            "method": "dict_baseline",
+            "device": "cpu",
+            "build_s_from_sequences": round(dict_s, 3),
+            "n_keys": len(table),
+            "rss_delta_mb": round(rss_mb() - rss0, 1),
+            "peak_rss_delta_mb": round(peak_rss_mb() - peak0, 1),
+        }
+    )
     t, d = rows
-    print(f"  {n:>9,} items: trie from_sid_map {t['build_s_from_sid_map']:.3f} s (of which "
-          f"all_sids() ≈ {all_sids_s:.3f} s), from_sequences {t['build_s_from_sequences']:.3f} "
-          f"s, {t['mb']} MB; dict {d['build_s_from_sequences']:.2f} s, +{d['rss_delta_mb']} MB "
-          "RSS", flush=True)  # fmt: skip
+    print(
+        f"  {n:>9,} items: trie from_sid_map {t['build_s_from_sid_map']:.3f} s (of which "
+        f"all_sids() ≈ {all_sids_s:.3f} s), from_sequences {t['build_s_from_sequences']:.3f} "
+        f"s, {t['mb']} MB; dict {d['build_s_from_sequences']:.2f} s, +{d['rss_delta_mb']} MB "
+        "RSS",
+        flush=True,
+    )
     return trie, table, rows
 
 
@@ -696,43 +787,59 @@ def build_rows(sid_map: SemanticIdMap, tokenizer: Any, end: int, traced: bool
 
 def print_tables(rows: list[Row]) -> None:
     """The readable report."""
-    print("\n== 1. time inside the constraint per decoding step "
-          f"({N_PROMPTS} prompts × {NUM_BEAMS} beams = {N_PROMPTS * NUM_BEAMS} rows; "
-          "search = Σ per-position medians over quiet repetitions)")  # fmt: skip
-    print(f"{'dev':<4} {'items':>9} {'method':<18} {'search ms':>9} {'(min)':>8} "
-          f"{'mean ms':>8} {'median ms':>9} {'p90 ms':>8} {'steps':>5} {'speedup':>8} "
-          f"{'(min)':>6} {'top-1':>6} {'top-10':>6} {'quiet':>5} {'load':>5}")  # fmt: skip
+    print(
+        "\n== 1. time inside the constraint per decoding step "
+        f"({N_PROMPTS} prompts × {NUM_BEAMS} beams = {N_PROMPTS * NUM_BEAMS} rows; "
+        "search = Σ per-position medians over quiet repetitions)"
+    )
+    print(
+        f"{'dev':<4} {'items':>9} {'method':<18} {'search ms':>9} {'(min)':>8} "
+        f"{'mean ms':>8} {'median ms':>9} {'p90 ms':>8} {'steps':>5} {'speedup':>8} "
+        f"{'(min)':>6} {'top-1':>6} {'top-10':>6} {'quiet':>5} {'load':>5}"
+    )
     for r in (r for r in rows if r["part"] == "step_cost"):
-        print(f"{r['device']:<4} {r['catalog_items']:>9,} {r['method']:<18} "
-              f"{r['search_ms']:>9.3f} {r['search_ms_min']:>8.3f} {r['step_ms_mean']:>8.3f} "
-              f"{r['step_ms_median']:>9.3f} {r['step_ms_p90']:>8.3f} {r['n_steps']:>5} "
-              f"{r['speedup_vs_dict']:>7.1f}× {r['speedup_vs_dict_min']:>5.1f}× "
-              f"{r.get('top1_agreement', ''):>6} "
-              f"{format(r['topk_overlap'], '.2f') if 'topk_overlap' in r else '':>6} "
-              f"{r['clean_reps']:>2}/{r['clean_reps'] + r['noisy_reps']:<2} "
-              f"{r['foreign_cpu_share']:>5.0%}")  # fmt: skip
+        print(
+            f"{r['device']:<4} {r['catalog_items']:>9,} {r['method']:<18} "
+            f"{r['search_ms']:>9.3f} {r['search_ms_min']:>8.3f} {r['step_ms_mean']:>8.3f} "
+            f"{r['step_ms_median']:>9.3f} {r['step_ms_p90']:>8.3f} {r['n_steps']:>5} "
+            f"{r['speedup_vs_dict']:>7.1f}× {r['speedup_vs_dict_min']:>5.1f}× "
+            f"{r.get('top1_agreement', ''):>6} "
+            f"{format(r['topk_overlap'], '.2f') if 'topk_overlap' in r else '':>6} "
+            f"{r['clean_reps']:>2}/{r['clean_reps'] + r['noisy_reps']:<2} "
+            f"{r['foreign_cpu_share']:>5.0%}"
+        )
     large = [r for r in rows if r["part"] == "step_cost_large_vocab"]
     if large:
-        print(f"\n== 1b. processors alone at |V| = {LARGE_VOCAB:,} (Qwen2.5 size), "
-              f"{large[0]['catalog_items']:,} items, synthetic beam states")  # fmt: skip
-        print(f"{'dev':<4} {'method':<18} {'search ms':>9} {'per position ms':<36} "
-              f"{'speedup':>8} {'load':>5}")  # fmt: skip
+        print(
+            f"\n== 1b. processors alone at |V| = {LARGE_VOCAB:,} (Qwen2.5 size), "
+            f"{large[0]['catalog_items']:,} items, synthetic beam states"
+        )
+        print(
+            f"{'dev':<4} {'method':<18} {'search ms':>9} {'per position ms':<36} "
+            f"{'speedup':>8} {'load':>5}"
+        )
         for r in large:
             pos = " ".join(f"{x:8.2f}" for x in r["step_ms_median_by_position"])
-            print(f"{r['device']:<4} {r['method']:<18} {r['search_ms']:>9.2f} {pos:<36} "
-                  f"{r['speedup_vs_dict']:>7.1f}× {r['foreign_cpu_share']:>5.0%}")  # fmt: skip
+            print(
+                f"{r['device']:<4} {r['method']:<18} {r['search_ms']:>9.2f} {pos:<36} "
+                f"{r['speedup_vs_dict']:>7.1f}× {r['foreign_cpu_share']:>5.0%}"
+            )
     print("\n== 2. whole beam search ÷ unconstrained (medians of interleaved quiet rounds)")
-    print(f"{'dev':<4} {'model':<24} {'items':>8} {'method':<14} {'median s':>9} "
-          f"{'ratio':>7} {'paired':>7} {'cpu':>7} {'by c-time':>9} {'in constraint s':>15} "
-          f"{'quiet':>5} {'load':>5}")  # fmt: skip
+    print(
+        f"{'dev':<4} {'model':<24} {'items':>8} {'method':<14} {'median s':>9} "
+        f"{'ratio':>7} {'paired':>7} {'cpu':>7} {'by c-time':>9} {'in constraint s':>15} "
+        f"{'quiet':>5} {'load':>5}"
+    )
     for r in (r for r in rows if r["part"] == "overhead"):
-        print(f"{r['device']:<4} {r['model']:<24} {r['catalog_items']:>8,} {r['method']:<14} "
-              f"{r['generate_s_median']:>9.4f} {r['ratio_vs_unconstrained']:>7.4f} "
-              f"{r['ratio_vs_unconstrained_paired_median']:>7.4f} "
-              f"{r['ratio_vs_unconstrained_cpu_time']:>7.4f} "
-              f"{r['ratio_from_constraint_time']:>9.4f} {r['constraint_s_median']:>15.5f} "
-              f"{r['clean_rounds']:>2}/{r['clean_rounds'] + r['noisy_rounds']:<2} "
-              f"{r['foreign_cpu_share']:>5.0%}")  # fmt: skip
+        print(
+            f"{r['device']:<4} {r['model']:<24} {r['catalog_items']:>8,} {r['method']:<14} "
+            f"{r['generate_s_median']:>9.4f} {r['ratio_vs_unconstrained']:>7.4f} "
+            f"{r['ratio_vs_unconstrained_paired_median']:>7.4f} "
+            f"{r['ratio_vs_unconstrained_cpu_time']:>7.4f} "
+            f"{r['ratio_from_constraint_time']:>9.4f} {r['constraint_s_median']:>15.5f} "
+            f"{r['clean_rounds']:>2}/{r['clean_rounds'] + r['noisy_rounds']:<2} "
+            f"{r['foreign_cpu_share']:>5.0%}"
+        )
     print("\n== 3. build time and memory")
     print(
         f"{'items':>10} {'method':<14} {'from_sid_map s':>14} {'from_seqs s':>11} "
@@ -744,10 +851,12 @@ def print_tables(rows: list[Row]) -> None:
             value = r.get(key)
             return format("-" if value is None else value, spec)
 
-        print(f"{r['catalog_items']:>10,} {r['method']:<14} {fmt('build_s_from_sid_map', '>14')} "
-              f"{fmt('build_s_from_sequences', '>11')} {fmt('mb', '>12')} "
-              f"{fmt('rss_delta_mb', '>8')} {fmt('peak_rss_delta_mb', '>9')} "
-              f"{fmt('traced_peak_mb', '>11')}")  # fmt: skip
+        print(
+            f"{r['catalog_items']:>10,} {r['method']:<14} {fmt('build_s_from_sid_map', '>14')} "
+            f"{fmt('build_s_from_sequences', '>11')} {fmt('mb', '>12')} "
+            f"{fmt('rss_delta_mb', '>8')} {fmt('peak_rss_delta_mb', '>9')} "
+            f"{fmt('traced_peak_mb', '>11')}"
+        )
 
 
 def pick(rows: list[Row], key: str, **match: Any) -> Any:
@@ -762,16 +871,19 @@ def make_summary(rows: list[Row], device: str) -> dict[str, Any]:
     cpu_over = {"part": "overhead", "device": "cpu", "method": "trie"}
     trie_1m = {"part": "build", "catalog_items": 1_000_000, "method": "trie"}
     s: dict[str, Any] = {
-        "step_speedup_vs_dict_100k": pick(rows, "speedup_vs_dict", **cpu_step,
-                                          catalog_items=100_000, method="trie"),
-        "step_speedup_vs_dict_1m": pick(rows, "speedup_vs_dict", **cpu_step,
-                                        catalog_items=1_000_000, method="trie"),
+        "step_speedup_vs_dict_100k": pick(
+            rows, "speedup_vs_dict", **cpu_step, catalog_items=100_000, method="trie"
+        ),
+        "step_speedup_vs_dict_1m": pick(
+            rows, "speedup_vs_dict", **cpu_step, catalog_items=1_000_000, method="trie"
+        ),
         "overhead_ratio_tiny": pick(rows, "ratio_vs_unconstrained", **cpu_over, model_role="tiny"),
-        "overhead_ratio_larger": pick(rows, "ratio_vs_unconstrained", **cpu_over,
-                                      model_role="larger"),
+        "overhead_ratio_larger": pick(
+            rows, "ratio_vs_unconstrained", **cpu_over, model_role="larger"
+        ),
         "build_seconds_1m": pick(rows, "build_s_from_sid_map", **trie_1m),
         "build_mb_1m": pick(rows, "mb", **trie_1m),
-    }  # fmt: skip
+    }
     goals_pass = {
         "step_speedup_100k": s["step_speedup_vs_dict_100k"],
         "step_speedup_1m": s["step_speedup_vs_dict_1m"],
@@ -784,8 +896,9 @@ def make_summary(rows: list[Row], device: str) -> dict[str, Any]:
     for n, tag in ((100_000, "100k"), (1_000_000, "1m")):
         for method in ("trie", "trie_fresh", "dict_baseline", "trie+banned"):
             name = method.replace("+", "_")
-            extra[f"search_ms_{name}_{tag}"] = pick(rows, "search_ms", **cpu_step,
-                                                    catalog_items=n, method=method)  # fmt: skip
+            extra[f"search_ms_{name}_{tag}"] = pick(
+                rows, "search_ms", **cpu_step, catalog_items=n, method=method
+            )
         for method in ("trie_fresh", "trie+banned"):
             extra[f"step_speedup_vs_dict_{tag}_{method.removeprefix('trie').strip('_+')}"] = pick(
                 rows, "speedup_vs_dict", **cpu_step, catalog_items=n, method=method
@@ -793,16 +906,18 @@ def make_summary(rows: list[Row], device: str) -> dict[str, Any]:
         extra[f"step_speedup_vs_dict_{tag}_min"] = pick(
             rows, "speedup_vs_dict_min", **cpu_step, catalog_items=n, method="trie"
         )
-        extra[f"step_speedup_vs_dict_{tag}_mean"] = pick(rows, "speedup_vs_dict_mean",
-                                                         **cpu_step, catalog_items=n,
-                                                         method="trie")  # fmt: skip
+        extra[f"step_speedup_vs_dict_{tag}_mean"] = pick(
+            rows, "speedup_vs_dict_mean", **cpu_step, catalog_items=n, method="trie"
+        )
         extra[f"top1_agreement_{tag}"] = pick(
             rows, "top1_agreement", **cpu_step, catalog_items=n, method="trie"
         )
     for role in ("tiny", "larger"):
-        for key, field_name in (("paired", "ratio_vs_unconstrained_paired_median"),
-                                ("from_constraint_time", "ratio_from_constraint_time"),
-                                ("cpu_time", "ratio_vs_unconstrained_cpu_time")):  # fmt: skip
+        for key, field_name in (
+            ("paired", "ratio_vs_unconstrained_paired_median"),
+            ("from_constraint_time", "ratio_from_constraint_time"),
+            ("cpu_time", "ratio_vs_unconstrained_cpu_time"),
+        ):
             extra[f"overhead_ratio_{role}_{key}"] = pick(
                 rows, field_name, **cpu_over, model_role=role
             )
@@ -833,13 +948,19 @@ def make_summary(rows: list[Row], device: str) -> dict[str, Any]:
     s["device"] = device
     s["goals"] = GOALS
     s["pass"] = {
-        name: None if value is None else (
-            value >= GOALS["step_speedup"] if name.startswith("step") else
-            value <= GOALS["overhead_ratio"] if name.startswith("overhead") else
-            value <= GOALS["build_seconds"] if name.endswith("seconds_1m") else
-            value <= GOALS["build_mb"])
+        name: None
+        if value is None
+        else (
+            value >= GOALS["step_speedup"]
+            if name.startswith("step")
+            else value <= GOALS["overhead_ratio"]
+            if name.startswith("overhead")
+            else value <= GOALS["build_seconds"]
+            if name.endswith("seconds_1m")
+            else value <= GOALS["build_mb"]
+        )
         for name, value in goals_pass.items()
-    }  # fmt: skip
+    }
     return s
 
 
@@ -888,28 +1009,45 @@ def main() -> None:
         r["foreign_cpu_share"] = build_load
 
     tiny_sizes, tiny_source = tiny_model_sizes()
-    larger_sizes = ({"hidden_size": 192, "num_layers": 2, "num_heads": 3} if quick else
-                    {"hidden_size": 384, "num_layers": 4, "num_heads": 6})  # fmt: skip
+    larger_sizes = (
+        {"hidden_size": 192, "num_layers": 2, "num_heads": 3}
+        if quick
+        else {"hidden_size": 384, "num_layers": 4, "num_heads": 6}
+    )
     models = {
-        role: build_tiny_model(tokenizer, hidden_size=size["hidden_size"],
-                               num_layers=size["num_layers"], num_heads=size["num_heads"]).eval()
+        role: build_tiny_model(
+            tokenizer,
+            hidden_size=size["hidden_size"],
+            num_layers=size["num_layers"],
+            num_heads=size["num_heads"],
+        ).eval()
         for role, size in (("tiny", tiny_sizes), ("larger", larger_sizes))
-    }  # fmt: skip
+    }
     params = {role: n_params(m) for role, m in models.items()}
-    labels = {role: (f"{role} h{s['hidden_size']}×{s['num_layers']}L "
-                     f"{params[role] / 1e6:.2f}M")
-              for role, s in (("tiny", tiny_sizes), ("larger", larger_sizes))}  # fmt: skip
-    print(f"  models: {labels} (tiny from {tiny_source}); larger/tiny params "
-          f"{params['larger'] / params['tiny']:.1f}×", flush=True)  # fmt: skip
+    labels = {
+        role: (f"{role} h{s['hidden_size']}×{s['num_layers']}L {params[role] / 1e6:.2f}M")
+        for role, s in (("tiny", tiny_sizes), ("larger", larger_sizes))
+    }
+    print(
+        f"  models: {labels} (tiny from {tiny_source}); larger/tiny params "
+        f"{params['larger'] / params['tiny']:.1f}×",
+        flush=True,
+    )
 
     input_ids, attention_mask = render_prompts(maps[100_000], tokenizer, args.seed)
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     for device in devices:
-        setup = Setup(device, input_ids.to(device), attention_mask.to(device),
-                      int(input_ids.shape[1]), len(tokenizer),
-                      {n: t.to(device) for n, t in sorted(tries.items())}, tables)  # fmt: skip
+        setup = Setup(
+            device,
+            input_ids.to(device),
+            attention_mask.to(device),
+            int(input_ids.shape[1]),
+            len(tokenizer),
+            {n: t.to(device) for n, t in sorted(tries.items())},
+            tables,
+        )
         print(
             f"1. step cost on {device.type} (prompt {setup.prompt_length} tokens, "
             f"{int(attention_mask.sum(1).min())}–{setup.prompt_length} unpadded)",
@@ -918,8 +1056,11 @@ def main() -> None:
         model = models["tiny"].to(device)
         rows += step_cost(model, setup, sizes, step_reps, banned_reps, monitor, retry)
         if not quick:
-            print(f"1b. processors alone at |V| = {LARGE_VOCAB:,} on {device.type} (100k "
-                  "catalog, synthetic beam states)", flush=True)  # fmt: skip
+            print(
+                f"1b. processors alone at |V| = {LARGE_VOCAB:,} on {device.type} (100k "
+                "catalog, synthetic beam states)",
+                flush=True,
+            )
             rows += large_vocab_cost(maps[100_000], device, 3, monitor)
         print(f"2. overhead on {device.type} (100k catalog)", flush=True)
         for role, (warmup, reps) in overhead_plan.items():
@@ -940,20 +1081,29 @@ def main() -> None:
         "benchmark": "constrained_decoding",
         "quick": quick,
         "config": {
-            "catalogs": sizes, "levels": LEVELS, "codebook_size": CODEBOOK,
-            "prompts": N_PROMPTS, "num_beams": NUM_BEAMS, "num_return_sequences": TOP_K,
-            "max_new_tokens": tries[sizes[0]].depth, "prompt_tokens": int(input_ids.shape[1]),
+            "catalogs": sizes,
+            "levels": LEVELS,
+            "codebook_size": CODEBOOK,
+            "prompts": N_PROMPTS,
+            "num_beams": NUM_BEAMS,
+            "num_return_sequences": TOP_K,
+            "max_new_tokens": tries[sizes[0]].depth,
+            "prompt_tokens": int(input_ids.shape[1]),
             "prompt_tokens_unpadded_min": int(attention_mask.sum(1).min()),
-            "vocabulary": len(tokenizer), "overhead_catalog": 100_000,
+            "vocabulary": len(tokenizer),
+            "overhead_catalog": 100_000,
             "excluded_per_prompt": N_EXCLUDED,
             "tiny_model": {**tiny_sizes, "params": params["tiny"], "source": tiny_source},
             "larger_model": {**larger_sizes, "params": params["larger"]},
-            "step_reps": step_reps, "banned_reps": banned_reps, "retry_factor": retry,
+            "step_reps": step_reps,
+            "banned_reps": banned_reps,
+            "retry_factor": retry,
             "quiet_threshold_foreign_cpu": CLEAN_LOAD,
-            "overhead_warmup_reps": overhead_plan, "seed": args.seed,
+            "overhead_warmup_reps": overhead_plan,
+            "seed": args.seed,
             "threads": torch.get_num_threads(),
             "baseline": "DictPrefixProcessor: a re-implementation of MiniOneRec's technique "
-                        "written for this benchmark, not their code",
+            "written for this benchmark, not their code",
         },
         "summary": summary,
         "rows": rows,
@@ -963,16 +1113,19 @@ def main() -> None:
             for path in sorted((ROOT / "llmrec" / "constrain").glob("*.py"))
         },
         "machine": {
-            "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
             "numpy": np.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
-    }  # fmt: skip
+    }
     print("\nsummary:", json.dumps(summary, indent=1))
     print(f"total {seconds_total} s")
-    out: Path = args.out or (RESULTS.with_name("constrained_decoding_quick.json") if quick
-                             else RESULTS)  # fmt: skip
+    out: Path = args.out or (
+        RESULTS.with_name("constrained_decoding_quick.json") if quick else RESULTS
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")  # never half-written
     print(f"wrote {out}")

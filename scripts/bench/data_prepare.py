@@ -93,8 +93,10 @@ def main() -> None:
         print(f"generated {n:,} interactions ({size_mb:.0f} MB CSV) in {gen_s:.1f} s")
         out = subprocess.run(
             [sys.executable, __file__, "--child", str(csv), str(Path(tmp) / "run")],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
     stats = result["stats"]
     row = {
@@ -116,10 +118,14 @@ def main() -> None:
         "targets": targets,
         "pass": {k: row[k] <= v for k, v in targets.items()} if n >= 10_000_000 else None,
     }
-    print(f"prepared {n:,} interactions in {row['seconds']:.1f} s, peak RSS "
-          f"{row['peak_rss_mb']:.0f} MB (targets: ≤ 60 s, ≤ 4096 MB)")  # fmt: skip
-    print(f"after filters: {row['users_after']:,} users, {row['items_after']:,} items, "
-          f"{row['interactions_after']:,} interactions")  # fmt: skip
+    print(
+        f"prepared {n:,} interactions in {row['seconds']:.1f} s, peak RSS "
+        f"{row['peak_rss_mb']:.0f} MB (targets: ≤ 60 s, ≤ 4096 MB)"
+    )
+    print(
+        f"after filters: {row['users_after']:,} users, {row['items_after']:,} items, "
+        f"{row['interactions_after']:,} interactions"
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")

@@ -66,32 +66,48 @@ def main() -> None:
     sft = json.loads((args.run / "sft" / "metrics.json").read_text())
     out_rows = []
     for r in rows:
-        out_rows.append({
-            "model": r["model"], "exclude_seen": r["exclude_seen"],
-            "recall@10": r["recall@10"], "ndcg@10": r["ndcg@10"], "mrr@10": r["mrr@10"],
-            "train_seconds": round(r["train_seconds"], 1),
-            **{k: v for k, v in r.items() if k.startswith(("ndcg@10_", "recall@10_"))},
-            "invalid@10": r.get("invalid@10"), "coverage@10": r.get("coverage@10"),
-        })  # fmt: skip
+        out_rows.append(
+            {
+                "model": r["model"],
+                "exclude_seen": r["exclude_seen"],
+                "recall@10": r["recall@10"],
+                "ndcg@10": r["ndcg@10"],
+                "mrr@10": r["mrr@10"],
+                "train_seconds": round(r["train_seconds"], 1),
+                **{k: v for k, v in r.items() if k.startswith(("ndcg@10_", "recall@10_"))},
+                "invalid@10": r.get("invalid@10"),
+                "coverage@10": r.get("coverage@10"),
+            }
+        )
 
     def pick(model: str, exclude: bool, key: str) -> Any:
-        return next((r[key] for r in out_rows
-                     if r["model"].startswith(model) and r["exclude_seen"] == exclude), None)  # fmt: skip
+        return next(
+            (
+                r[key]
+                for r in out_rows
+                if r["model"].startswith(model) and r["exclude_seen"] == exclude
+            ),
+            None,
+        )
 
     llm_kept, llm_train = pick("LLM", False, "ndcg@10"), pick("LLM", False, "train_seconds")
     summary = {
-        "llm_ndcg@10_kept": llm_kept, "llm_ndcg@10_excluded": pick("LLM", True, "ndcg@10"),
+        "llm_ndcg@10_kept": llm_kept,
+        "llm_ndcg@10_excluded": pick("LLM", True, "ndcg@10"),
         "sasrec_ndcg@10_kept": pick("SASRec", False, "ndcg@10"),
         "sasrec_ndcg@10_excluded": pick("SASRec", True, "ndcg@10"),
         "pop_ndcg@10_kept": pick("Pop", False, "ndcg@10"),
         "pop_ndcg@10_excluded": pick("Pop", True, "ndcg@10"),
         "llm_train_minutes": round((llm_train or 0) / 60, 2),
         "goal": {"ndcg@10_kept": GOAL_NDCG10, "train_minutes": GOAL_TRAIN_MINUTES},
-        "pass": bool(llm_kept is not None and llm_kept >= GOAL_NDCG10
-                     and (llm_train or 0) / 60 <= GOAL_TRAIN_MINUTES),
+        "pass": bool(
+            llm_kept is not None
+            and llm_kept >= GOAL_NDCG10
+            and (llm_train or 0) / 60 <= GOAL_TRAIN_MINUTES
+        ),
         "pipeline_wall_seconds": round(wall, 1),
         "foreign_cpu_share": round(foreign, 3),
-    }  # fmt: skip
+    }
     report = {
         "benchmark": "quality_ml100k",
         "settings": {stage: to_dict(cfg) for stage, cfg in plan.items()},

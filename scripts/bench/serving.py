@@ -79,14 +79,21 @@ def build_assets(folder: Path, hidden: int, layers: int, heads: int, n_items: in
     codes = np.array([[(f // CODES**lv) % CODES for lv in range(LEVELS)] for f in flat])
     sid_map = SemanticIdMap(tuple(f"i{f}" for f in flat), codes, (CODES,) * LEVELS)
     add_sid_tokens(tokenizer, sid_map)
-    model = build_tiny_model(tokenizer, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                             seed=0)  # fmt: skip
+    model = build_tiny_model(
+        tokenizer, hidden_size=hidden, num_layers=layers, num_heads=heads, seed=0
+    )
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(40.0)  # spread the scores: no near-ties
     save_tiny(model, tokenizer, folder / "model")
     sid_map.save(folder / "sid_map.json")
-    return {"parameters": sum(p.numel() for p in model.parameters()), "hidden": hidden,
-            "layers": layers, "heads": heads, "items": n_items, "vocab": len(tokenizer)}  # fmt: skip
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+        "items": n_items,
+        "vocab": len(tokenizer),
+    }
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -111,8 +118,10 @@ def worker(args: argparse.Namespace) -> None:
 
     def make_backend() -> Backend:
         if args.worker == "vllm":
-            engine = build_async_engine(folder / "model", EngineConfig(
-                dtype="float32", enforce_eager=not args.compile, max_num_seqs=512))  # fmt: skip
+            engine = build_async_engine(
+                folder / "model",
+                EngineConfig(dtype="float32", enforce_eager=not args.compile, max_num_seqs=512),
+            )
             return VLLMBackend(engine, prompts, trie, str(trie_file(trie)), args.beams)
         torch.set_num_threads(args.threads)
         model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
@@ -144,8 +153,9 @@ def _busy() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
-async def load(port: int, bodies: list[dict], concurrency: int, max_seconds: float,
-               catalog: set[str]) -> dict:  # fmt: skip
+async def load(
+    port: int, bodies: list[dict], concurrency: int, max_seconds: float, catalog: set[str]
+) -> dict:
     """Send ``bodies`` with ``concurrency`` in flight; latency, errors and invalid items."""
     import httpx
 
@@ -173,26 +183,52 @@ async def load(port: int, bodies: list[dict], concurrency: int, max_seconds: flo
             invalid += int(not ok or bool(set(got) & set(body["history"])))
 
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600,
-                                 limits=limits) as client:  # fmt: skip
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits
+    ) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     lat = np.array(latencies) * 1000
-    return {"requests": len(latencies), "wall_s": wall, "errors": errors, "invalid_items": invalid,
-            "recs_per_s": len(latencies) / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean())}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "wall_s": wall,
+        "errors": errors,
+        "invalid_items": invalid,
+        "recs_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "mean_ms": float(lat.mean()),
+    }
 
 
-def run_backend(backend: str, args: argparse.Namespace, workdir: Path,
-                modes: dict[str, list[dict]], catalog: set[str]) -> list[dict]:  # fmt: skip
+def run_backend(
+    backend: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    modes: dict[str, list[dict]],
+    catalog: set[str],
+) -> list[dict]:
     """Start a server, warm it up, load it with every mode's requests, stop it."""
     import httpx
 
     port = args.port + (0 if backend == "vllm" else 1)
-    cmd = [sys.executable, __file__, "--worker", backend, "--workdir", str(workdir),
-           "--port", str(port), "--beams", str(args.beams), "--threads", str(args.threads),
-           "--device", args.device] + (["--compile"] if args.compile else [])  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        backend,
+        "--workdir",
+        str(workdir),
+        "--port",
+        str(port),
+        "--beams",
+        str(args.beams),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+    ] + (["--compile"] if args.compile else [])
     t0 = time.perf_counter()
     log = (workdir / f"{backend}.log").open("w")
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
@@ -215,15 +251,26 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path,
                 _tree_cpu(server.pid) + _tree_cpu(os.getpid(), False),
                 time.perf_counter(),
             )
-            res = asyncio.run(load(port, bodies[args.warmup :], args.concurrency,
-                                   args.max_seconds, catalog))  # fmt: skip
+            res = asyncio.run(
+                load(port, bodies[args.warmup :], args.concurrency, args.max_seconds, catalog)
+            )
             own = _tree_cpu(server.pid) + _tree_cpu(os.getpid(), False) - own0
             foreign = (_busy() - busy0 - own) / ((time.perf_counter() - w0) * os.cpu_count())
-            rows.append({"backend": backend, "mode": mode, "startup_s": startup,
-                         "foreign_cpu_share": max(0.0, foreign), **res})  # fmt: skip
-            print(f"{backend:>5} {mode:>6}: {res['recs_per_s']:7.2f} rec/s  p50 {res['p50_ms']:8.1f} ms"
-                  f"  p99 {res['p99_ms']:8.1f} ms  errors {res['errors']}  invalid "
-                  f"{res['invalid_items']}  foreign CPU {foreign:.0%}", flush=True)  # fmt: skip
+            rows.append(
+                {
+                    "backend": backend,
+                    "mode": mode,
+                    "startup_s": startup,
+                    "foreign_cpu_share": max(0.0, foreign),
+                    **res,
+                }
+            )
+            print(
+                f"{backend:>5} {mode:>6}: {res['recs_per_s']:7.2f} rec/s  p50 {res['p50_ms']:8.1f} ms"
+                f"  p99 {res['p99_ms']:8.1f} ms  errors {res['errors']}  invalid "
+                f"{res['invalid_items']}  foreign CPU {foreign:.0%}",
+                flush=True,
+            )
     finally:
         server.terminate()
         server.wait(60)
@@ -263,17 +310,24 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="llmrec-bench-serving-"))
     model = build_assets(workdir, args.hidden, args.layers, args.heads, args.items)
-    print(f"model: {model['parameters'] / 1e6:.1f}M parameters, {model['items']} items "
-          f"(workdir {workdir})", flush=True)  # fmt: skip
+    print(
+        f"model: {model['parameters'] / 1e6:.1f}M parameters, {model['items']} items "
+        f"(workdir {workdir})",
+        flush=True,
+    )
     from llmrec.indexing.sid_map import SemanticIdMap
 
     item_ids = list(SemanticIdMap.load(workdir / "sid_map.json").item_ids)
     rng = np.random.default_rng(1)
     n = args.requests + args.warmup
-    histories = [[str(x) for x in rng.choice(item_ids, int(rng.integers(5, 21)), replace=False)]
-                 for _ in range(n)]  # fmt: skip
-    modes = {"beam": [{"history": h, "k": 10} for h in histories],
-             "greedy": [{"history": h, "k": 1, "num_beams": 1} for h in histories]}  # fmt: skip
+    histories = [
+        [str(x) for x in rng.choice(item_ids, int(rng.integers(5, 21)), replace=False)]
+        for _ in range(n)
+    ]
+    modes = {
+        "beam": [{"history": h, "k": 10} for h in histories],
+        "greedy": [{"history": h, "k": 1, "num_beams": 1} for h in histories],
+    }
     load_before = os.getloadavg()
     rows = []
     for backend in args.backends.split(","):
@@ -304,8 +358,15 @@ def main() -> None:
     from llmrec.io import write_text_atomic
 
     # Atomic: an interrupted run never leaves a half-written results file.
-    write_text_atomic(out, json.dumps({"model": model, "settings": settings, "rows": rows,
-                                       "summary": summary}, indent=2, default=str) + "\n")  # fmt: skip
+    write_text_atomic(
+        out,
+        json.dumps(
+            {"model": model, "settings": settings, "rows": rows, "summary": summary},
+            indent=2,
+            default=str,
+        )
+        + "\n",
+    )
     print(f"wrote {out}")
 
 

@@ -26,8 +26,10 @@ class ReferenceTrie:
     @classmethod
     def from_sid_map(cls, sid_map: Any, tokenizer: Any, end_token_id: int) -> ReferenceTrie:
         """Tokenise every SID for real and append the end token."""
-        seqs = [tokenizer(sid, add_special_tokens=False)["input_ids"] + [end_token_id]
-                for sid in sid_map.all_sids()]  # fmt: skip
+        seqs = [
+            tokenizer(sid, add_special_tokens=False)["input_ids"] + [end_token_id]
+            for sid in sid_map.all_sids()
+        ]
         return cls(seqs, sid_map.item_ids)
 
     def node(self, prefix: Sequence[int]) -> dict[Any, Any] | None:

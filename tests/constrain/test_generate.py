@@ -29,8 +29,11 @@ def full_map(levels: int) -> SemanticIdMap:
     return SemanticIdMap(tuple(f"x{i}" for i in range(len(codes))), codes, (K,) * levels)
 
 
-@pytest.fixture(scope="module", params=[("bpe", "qwen2"), ("sentencepiece", "llama")],
-                ids=["bpe-qwen2", "spm-llama"])  # fmt: skip
+@pytest.fixture(
+    scope="module",
+    params=[("bpe", "qwen2"), ("sentencepiece", "llama")],
+    ids=["bpe-qwen2", "spm-llama"],
+)
 def stack(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     """A locally trained tokenizer with every SID token, and a random tiny model."""
     kind, arch = request.param
@@ -38,8 +41,9 @@ def stack(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     corpus = [" ".join(rng.choice(WORDS, size=12)) for _ in range(300)]
     tokenizer = train_tokenizer(corpus, vocab_size=300, kind=kind)
     add_sid_tokens(tokenizer, full_map(LEVELS))
-    model = build_tiny_model(tokenizer, arch=arch, hidden_size=64, num_heads=2, num_layers=1,
-                             seed=1).eval()  # fmt: skip
+    model = build_tiny_model(
+        tokenizer, arch=arch, hidden_size=64, num_heads=2, num_layers=1, seed=1
+    ).eval()
     return tokenizer, model
 
 
@@ -73,8 +77,9 @@ DECODING = [
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(catalogs(), st.sampled_from(DECODING), st.integers(0, 1000))
-def test_every_output_is_a_catalog_item(stack: tuple[Any, Any], sid_map: SemanticIdMap,
-                                        decoding: dict, seed: int) -> None:  # fmt: skip
+def test_every_output_is_a_catalog_item(
+    stack: tuple[Any, Any], sid_map: SemanticIdMap, decoding: dict, seed: int
+) -> None:
     tokenizer, model = stack
     trie = ItemTrie.from_sid_map(sid_map, tokenizer, tokenizer.eos_token_id)
     reference = ReferenceTrie.from_sid_map(sid_map, tokenizer, tokenizer.eos_token_id)
@@ -110,8 +115,9 @@ class StaticPrompts:
     max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(catalogs())
-def test_full_width_beam_ranks_like_exact_full_ranking(stack: tuple[Any, Any],
-                                                       sid_map: SemanticIdMap) -> None:  # fmt: skip
+def test_full_width_beam_ranks_like_exact_full_ranking(
+    stack: tuple[Any, Any], sid_map: SemanticIdMap
+) -> None:
     tokenizer, model = stack
     trie = ItemTrie.from_sid_map(sid_map, tokenizer, tokenizer.eos_token_id)
     rec = HFRecommender(model, StaticPrompts(tokenizer), trie, batch_size=2, exact_memory_mb=1)  # type: ignore[arg-type]
@@ -138,8 +144,14 @@ def test_excluded_items_never_come_back(stack: tuple[Any, Any], mode: str) -> No
     tokenizer, model = stack
     sid_map = full_map(3)  # 125 items
     trie = ItemTrie.from_sid_map(sid_map, tokenizer, tokenizer.eos_token_id)
-    rec = HFRecommender(model, StaticPrompts(tokenizer), trie, mode=mode,  # type: ignore[arg-type]
-                        num_beams=10, batch_size=2)  # fmt: skip
+    rec = HFRecommender(
+        model,
+        StaticPrompts(tokenizer),
+        trie,
+        mode=mode,  # type: ignore[arg-type]
+        num_beams=10,
+        batch_size=2,
+    )
     histories = [["liked"], ["movie"], ["next"]]
     first, _ = rec.recommend(histories, 10)
     exclude = [set(first[0][:5]), set(first[1]), set(sid_map.item_ids[:120])]
@@ -157,16 +169,23 @@ def test_excluded_items_never_come_back(stack: tuple[Any, Any], mode: str) -> No
 
 
 @pytest.mark.parametrize("output_logits", [False, True])
-def test_masking_in_place_never_touches_logits_hf_keeps(stack: tuple[Any, Any],
-                                                        output_logits: bool) -> None:  # fmt: skip
+def test_masking_in_place_never_touches_logits_hf_keeps(
+    stack: tuple[Any, Any], output_logits: bool
+) -> None:
     """The processor masks HF's tensor in place only when HF does not keep it: with
     ``output_logits`` the returned raw logits stay unmasked, and the items are the same."""
     tokenizer, model = stack
     trie = ItemTrie.from_sid_map(full_map(3), tokenizer, tokenizer.eos_token_id)
     ids, mask = prompts(tokenizer, 3)
-    kwargs = constrained_generate_kwargs(model, trie, ids.shape[1], do_sample=False,
-                                         output_logits=output_logits, output_scores=True,
-                                         return_dict_in_generate=True)  # fmt: skip
+    kwargs = constrained_generate_kwargs(
+        model,
+        trie,
+        ids.shape[1],
+        do_sample=False,
+        output_logits=output_logits,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     assert kwargs["logits_processor"][0].inplace is not output_logits
     out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     assert None not in trie.items_of(out.sequences[:, ids.shape[1] :])

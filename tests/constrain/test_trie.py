@@ -55,8 +55,7 @@ def prefixes(seqs: list[list[int]], rng: np.random.Generator) -> list[list[int]]
 
 @settings(max_examples=200, deadline=None)
 @given(catalogs(), st.integers(0, 2**31))
-def test_fast_trie_equals_reference(catalog: tuple[list[list[int]], list[str]],
-                                    seed: int) -> None:  # fmt: skip
+def test_fast_trie_equals_reference(catalog: tuple[list[list[int]], list[str]], seed: int) -> None:
     seqs, ids = catalog
     fast = ItemTrie.from_sequences(padded(seqs), ids, END)
     ref = ReferenceTrie(seqs, ids)
@@ -86,8 +85,9 @@ def test_fast_trie_equals_reference(catalog: tuple[list[list[int]], list[str]],
 
 @settings(max_examples=150, deadline=None)
 @given(catalogs(), st.integers(0, 2**31))
-def test_banned_nodes_match_the_reference(catalog: tuple[list[list[int]], list[str]],
-                                          seed: int) -> None:  # fmt: skip
+def test_banned_nodes_match_the_reference(
+    catalog: tuple[list[list[int]], list[str]], seed: int
+) -> None:
     seqs, ids = catalog
     fast = ItemTrie.from_sequences(padded(seqs), ids, END)
     ref = ReferenceTrie(seqs, ids)
@@ -106,8 +106,11 @@ def test_banned_nodes_match_the_reference(catalog: tuple[list[list[int]], list[s
                 gen = torch.tensor([prefix], dtype=torch.long).reshape(1, cut)
                 masked = fast.constrain(torch.zeros(1, 128), gen, banned)
                 finite = set(torch.nonzero(torch.isfinite(masked[0])).squeeze(1).tolist())
-                expected = {t for t in ref.allowed(prefix)
-                            if not ref.items_below([*prefix, t]) <= excluded_ids}  # fmt: skip
+                expected = {
+                    t
+                    for t in ref.allowed(prefix)
+                    if not ref.items_below([*prefix, t]) <= excluded_ids
+                }
                 assert finite == expected
 
 
@@ -135,8 +138,9 @@ def test_one_item_catalog_and_device_move() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(catalogs(), st.integers(0, 2**31), st.booleans())
-def test_window_and_gather_masking_agree(catalog: tuple[list[list[int]], list[str]], seed: int,
-                                         end_inside: bool) -> None:  # fmt: skip
+def test_window_and_gather_masking_agree(
+    catalog: tuple[list[list[int]], list[str]], seed: int, end_inside: bool
+) -> None:
     """The dense-table fast path gives bit-identical scores to the plain gather/scatter path,
     over mixed batches (open, finished and dead rows), -inf scores, stuck rows and bans."""
     import llmrec.constrain.dense as dense_module
@@ -159,8 +163,10 @@ def test_window_and_gather_masking_agree(catalog: tuple[list[list[int]], list[st
     rows = [p for p in prefixes(seqs, rng)]
     depth = int(rng.integers(0, max(len(r) for r in rows) + 1))
     # One batch at one depth: truncate or pad with junk so every row has ``depth`` tokens.
-    gen = torch.tensor([(r + [int(rng.integers(4, 60)) for _ in range(depth)])[:depth]
-                        for r in rows], dtype=torch.long).reshape(len(rows), depth)  # fmt: skip
+    gen = torch.tensor(
+        [(r + [int(rng.integers(4, 60)) for _ in range(depth)])[:depth] for r in rows],
+        dtype=torch.long,
+    ).reshape(len(rows), depth)
     scores = torch.from_numpy(rng.normal(size=(len(rows), 128)).astype(np.float32))
     scores[torch.from_numpy(rng.random((len(rows), 128)) < 0.3)] = float("-inf")
     scores[0] = float("-inf")  # a stuck row
@@ -176,11 +182,13 @@ def test_window_and_gather_masking_agree(catalog: tuple[list[list[int]], list[st
         finally:
             trie_module._DENSE = saved
         assert torch.equal(window, gathered)
-        assert torch.equal(csr_walk.constrain(scores, gen, ban, ban_rows if ban is not None
-                                              else None), gathered)  # fmt: skip
+        assert torch.equal(
+            csr_walk.constrain(scores, gen, ban, ban_rows if ban is not None else None), gathered
+        )
         in_place = scores.clone()
-        out = fast.constrain(in_place, gen, ban, ban_rows if ban is not None else None,
-                             inplace=True)  # fmt: skip
+        out = fast.constrain(
+            in_place, gen, ban, ban_rows if ban is not None else None, inplace=True
+        )
         assert out.data_ptr() == in_place.data_ptr() and torch.equal(out, window)
         assert torch.isfinite(window).any(1).all()  # every row keeps a finite score
 
@@ -220,7 +228,6 @@ def test_span_masking_in_place_equals_gather_path(end: int, seed: int) -> None:
         trie_module._DENSE = saved
     # +inf and NaN only where the trie forbids: they must end up -inf like any other.
     blocked = ~allowed & (torch.from_numpy(rng.random(allowed.shape)) < 0.1)
-    scores[blocked] = torch.where(torch.rand(int(blocked.sum())) < 0.5, float("inf"),
-                                  float("nan"))  # fmt: skip
+    scores[blocked] = torch.where(torch.rand(int(blocked.sum())) < 0.5, float("inf"), float("nan"))
     out = trie.constrain(scores, gen, inplace=True)
     assert out.data_ptr() == scores.data_ptr() and torch.equal(out, expected)

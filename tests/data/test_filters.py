@@ -41,10 +41,17 @@ def test_dedup_modes() -> None:
 def test_k_core_cascades_until_stable() -> None:
     # Item z has one interaction; removing it leaves user c with one, so c goes too, which
     # leaves item y with one interaction, so y goes as well.
-    ev = events([
-        ("a", "x", 1, 1.0), ("a", "w", 2, 1.0), ("b", "x", 3, 1.0), ("b", "w", 4, 1.0),
-        ("c", "y", 5, 1.0), ("c", "z", 6, 1.0), ("a", "y", 7, 1.0),
-    ])  # fmt: skip
+    ev = events(
+        [
+            ("a", "x", 1, 1.0),
+            ("a", "w", 2, 1.0),
+            ("b", "x", 3, 1.0),
+            ("b", "w", 4, 1.0),
+            ("c", "y", 5, 1.0),
+            ("c", "z", 6, 1.0),
+            ("a", "y", 7, 1.0),
+        ]
+    )
     kept, report = filter_k_core(ev, 2, 2)
     assert sorted(set(kept["item_id"])) == ["w", "x"]
     assert sorted(set(kept["user_id"])) == ["a", "b"]
@@ -55,13 +62,24 @@ def test_k_core_cascades_until_stable() -> None:
 
 
 def test_filters_apply_in_order_and_report_each() -> None:
-    ev = events([("a", "x", 1, 5.0), ("a", "x", 2, 5.0), ("a", "y", 3, 1.0), ("b", "x", 4, 5.0),
-                 ("b", "z", 5, 5.0)])  # fmt: skip
-    cfg = FilterConfig(min_rating=4, dedup="first", min_user_interactions=2,
-                       min_item_interactions=1)  # fmt: skip
+    ev = events(
+        [
+            ("a", "x", 1, 5.0),
+            ("a", "x", 2, 5.0),
+            ("a", "y", 3, 1.0),
+            ("b", "x", 4, 5.0),
+            ("b", "z", 5, 5.0),
+        ]
+    )
+    cfg = FilterConfig(
+        min_rating=4, dedup="first", min_user_interactions=2, min_item_interactions=1
+    )
     kept, reports = apply_filters(ev, cfg)
     assert [r.name.split("(")[0].split("=")[0].split(">")[0] for r in reports] == [
-        "min_rating", "dedup", "k_core"]  # fmt: skip
+        "min_rating",
+        "dedup",
+        "k_core",
+    ]
     assert kept["item_id"].tolist() == ["x", "z"]
 
 

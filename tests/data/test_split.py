@@ -17,8 +17,17 @@ def make(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
 
 
 def test_leave_one_out_by_time_not_file_order() -> None:
-    ev = make([("u", "c", 30), ("u", "a", 10), ("v", "x", 5), ("u", "d", 40), ("u", "b", 20),
-               ("v", "y", 6), ("v", "z", 7)])  # fmt: skip
+    ev = make(
+        [
+            ("u", "c", 30),
+            ("u", "a", 10),
+            ("v", "x", 5),
+            ("u", "d", 40),
+            ("u", "b", 20),
+            ("v", "y", 6),
+            ("v", "z", 7),
+        ]
+    )
     split = leave_one_out(ev)
     row = split.table.set_index("user_id").loc["u"]
     assert list(row["train_items"]) == ["a", "b"]
@@ -67,8 +76,17 @@ def test_temporal_split_cuts_globally_by_time() -> None:
 
 
 def test_split_file_round_trip_and_plain_pandas(tmp_path: Path) -> None:
-    ev = make([("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("w", "a", 1), ("w", "c", 2),
-               ("w", "d", 3), ("w", "e", 4)])  # fmt: skip
+    ev = make(
+        [
+            ("u", "a", 1),
+            ("u", "b", 2),
+            ("u", "c", 3),
+            ("w", "a", 1),
+            ("w", "c", 2),
+            ("w", "d", 3),
+            ("w", "e", 4),
+        ]
+    )
     for split in (leave_one_out(ev), temporal_split(ev, [0.6, 0.2, 0.2])):
         path = tmp_path / f"{split.method}.parquet"
         split.save(path)
@@ -82,8 +100,9 @@ def test_split_file_round_trip_and_plain_pandas(tmp_path: Path) -> None:
 
 events_strategy = st.lists(
     st.tuples(st.sampled_from("abcde"), st.sampled_from("vwxyz"), st.integers(0, 5)),
-    min_size=1, max_size=60,
-)  # fmt: skip
+    min_size=1,
+    max_size=60,
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -94,9 +113,13 @@ def test_leave_one_out_matches_a_plain_python_reference(rows: list[tuple[str, st
         return
     split = leave_one_out(ev).table.set_index("user_id")
     for user in ev["user_id"].unique():
-        seq = [item for _, item, _ in sorted(
-            ((t, i, pos) for pos, (u, i, t) in enumerate(rows) if u == user),
-            key=lambda r: (r[0], r[2]))]  # fmt: skip
+        seq = [
+            item
+            for _, item, _ in sorted(
+                ((t, i, pos) for pos, (u, i, t) in enumerate(rows) if u == user),
+                key=lambda r: (r[0], r[2]),
+            )
+        ]
         if len(seq) < 3:
             assert user not in split.index
             continue
@@ -120,8 +143,9 @@ def test_temporal_split_partitions_in_time(
     # means no train interaction is later than any test interaction.
     last_train, first_test = -1, 10**9
     for _, row in split.table.iterrows():
-        user_rows = sorted(((t, pos, i) for pos, (u, i, t) in enumerate(rows)
-                            if u == row["user_id"]))  # fmt: skip
+        user_rows = sorted(
+            ((t, pos, i) for pos, (u, i, t) in enumerate(rows) if u == row["user_id"])
+        )
         parts = [list(row["train_items"]), list(row["valid_items"]), list(row["test_items"])]
         assert [i for part in parts for i in part] == [i for _, _, i in user_rows]
         times = [t for t, _, _ in user_rows]

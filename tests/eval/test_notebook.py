@@ -20,13 +20,21 @@ NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "evaluate.ipynb"
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("nb")
     rng = np.random.default_rng(0)
-    rows = [(f"u{u}", f"i{int(i)}", t) for u in range(30)
-            for t, i in enumerate(rng.zipf(1.5, size=8) % 40)]  # fmt: skip
+    rows = [
+        (f"u{u}", f"i{int(i)}", t)
+        for u in range(30)
+        for t, i in enumerate(rng.zipf(1.5, size=8) % 40)
+    ]
     pd.DataFrame(rows, columns=["user", "item", "ts"]).to_csv(folder / "log.csv", index=False)
-    cfg = load_config(DataConfig, None, [
-        "dataset.name=tabular", f"dataset.path={folder / 'log.csv'}",
-        "dataset.columns={user_id: user, item_id: item, timestamp: ts}",
-    ])  # fmt: skip
+    cfg = load_config(
+        DataConfig,
+        None,
+        [
+            "dataset.name=tabular",
+            f"dataset.path={folder / 'log.csv'}",
+            "dataset.columns={user_id: user, item_id: item, timestamp: ts}",
+        ],
+    )
     prepare_data(cfg, folder / "run")
     return folder / "run"
 
@@ -35,8 +43,13 @@ def test_eval_stage_writes_table_plot_and_rows(run: Path) -> None:
     cfg = load_config(EvalStageConfig, None, ["models=[pop]", "protocol.bootstrap=50"])
     rows = run_eval(cfg, run)
     assert [(r["model"], r["exclude_seen"]) for r in rows] == [("Pop", False), ("Pop", True)]
-    for name in ("results.json", "table.txt", "plot.png", "pop_kept.json",
-                 "pop_excl.per_user.parquet"):  # fmt: skip
+    for name in (
+        "results.json",
+        "table.txt",
+        "plot.png",
+        "pop_kept.json",
+        "pop_excl.per_user.parquet",
+    ):
         assert (run / "eval" / name).exists(), name
     assert "Recall@10" in (run / "eval" / "table.txt").read_text()
 

@@ -21,18 +21,30 @@ def split_of(rows: list[tuple[str, str, int]]):  # type: ignore[no-untyped-def]
 
 
 SPLIT_ROWS = [
-    ("u1", "a", 1), ("u1", "b", 2), ("u1", "a", 3), ("u1", "c", 4),   # valid a, test c
-    ("u2", "a", 1), ("u2", "b", 2), ("u2", "d", 3), ("u2", "b", 4),   # valid d, test b
-    ("u3", "b", 1), ("u3", "c", 2), ("u3", "a", 3), ("u3", "e", 4),   # valid a, test e
-]  # fmt: skip
+    ("u1", "a", 1),
+    ("u1", "b", 2),
+    ("u1", "a", 3),
+    ("u1", "c", 4),  # valid a, test c
+    ("u2", "a", 1),
+    ("u2", "b", 2),
+    ("u2", "d", 3),
+    ("u2", "b", 4),  # valid d, test b
+    ("u3", "b", 1),
+    ("u3", "c", 2),
+    ("u3", "a", 3),
+    ("u3", "e", 4),  # valid a, test e
+]
 
 
 class Echo:
     """Recommends the history back, newest first (a 'repeat' model)."""
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int,
-                  exclude: Sequence[Collection[str]] | None = None
-                  ) -> tuple[list[list[str]], np.ndarray]:  # fmt: skip
+    def recommend(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> tuple[list[list[str]], np.ndarray]:
         out = []
         for u, h in enumerate(histories):
             banned = exclude[u] if exclude else set()

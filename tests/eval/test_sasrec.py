@@ -19,8 +19,19 @@ from llmrec.eval.sasrec import SASRecConfig, SASRecRecommender, train_sasrec
 from llmrec.recommend.base import Recommender
 
 N_ITEMS = 50
-TINY = SASRecConfig(max_len=8, hidden=32, blocks=1, heads=2, dropout=0.1, lr=1e-2,
-                    batch_size=32, max_epochs=40, patience=5, seed=3, device="cpu")  # fmt: skip
+TINY = SASRecConfig(
+    max_len=8,
+    hidden=32,
+    blocks=1,
+    heads=2,
+    dropout=0.1,
+    lr=1e-2,
+    batch_size=32,
+    max_epochs=40,
+    patience=5,
+    seed=3,
+    device="cpu",
+)
 
 
 def cycle_split(n_users: int = 80, seed: int = 0) -> Split:
@@ -55,8 +66,9 @@ def test_learns_the_cycle(trained: tuple[Split, SASRecRecommender, list[dict[str
     assert ndcg(rec, split, "test", exclude_seen=True) > 0.9
 
 
-def test_best_weights_are_kept(trained: tuple[Split, SASRecRecommender, list[dict[str, Any]]]
-                               ) -> None:  # fmt: skip
+def test_best_weights_are_kept(
+    trained: tuple[Split, SASRecRecommender, list[dict[str, Any]]],
+) -> None:
     split, rec, history = trained
     evaluated = [h for h in history if h["val_ndcg@10"] is not None]
     best = max(evaluated, key=lambda h: h["val_ndcg@10"])

@@ -36,15 +36,23 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         items = rng.choice(np.arange(topic, N_ITEMS, N_BLOBS), size=8, replace=False)
         rows += [(f"u{user}", f"i{item}", t) for t, item in enumerate(items)]
     pd.DataFrame(rows, columns=["user", "item", "ts"]).to_csv(folder / "log.csv", index=False)
-    pd.DataFrame({"item": [f"i{i}" for i in range(N_ITEMS)],
-                  "title": [f"thing {i} of topic {i % N_BLOBS}" for i in range(N_ITEMS)]}
-                 ).to_csv(folder / "items.csv", index=False)  # fmt: skip
-    cfg = load_config(DataConfig, None, [
-        "dataset.name=tabular", f"dataset.path={folder / 'log.csv'}",
-        f"dataset.item_path={folder / 'items.csv'}",
-        "dataset.columns={user_id: user, item_id: item, timestamp: ts}",
-        "dataset.item_columns={item_id: item}",
-    ])  # fmt: skip
+    pd.DataFrame(
+        {
+            "item": [f"i{i}" for i in range(N_ITEMS)],
+            "title": [f"thing {i} of topic {i % N_BLOBS}" for i in range(N_ITEMS)],
+        }
+    ).to_csv(folder / "items.csv", index=False)
+    cfg = load_config(
+        DataConfig,
+        None,
+        [
+            "dataset.name=tabular",
+            f"dataset.path={folder / 'log.csv'}",
+            f"dataset.item_path={folder / 'items.csv'}",
+            "dataset.columns={user_id: user, item_id: item, timestamp: ts}",
+            "dataset.item_columns={item_id: item}",
+        ],
+    )
     prepared = prepare_data(cfg, folder / "run")
     # Vectors in items.parquet order, clustered by topic.
     topic = prepared.items["item_id"].str[1:].astype(int).to_numpy() % N_BLOBS
@@ -56,12 +64,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def overrides(run: Path, *extra: str) -> list[str]:
-    return ["embedding.backend=npy", f"embedding.path={run / 'vectors.npy'}",
-            "quantizer.codebook_size=8", "quantizer.epochs=30", *extra]  # fmt: skip
+    return [
+        "embedding.backend=npy",
+        f"embedding.path={run / 'vectors.npy'}",
+        "quantizer.codebook_size=8",
+        "quantizer.epochs=30",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("method", ["rq_kmeans", "rq_vae", "collaborative", "sequential",
-                                    "random"])  # fmt: skip
+@pytest.mark.parametrize("method", ["rq_kmeans", "rq_vae", "collaborative", "sequential", "random"])
 def test_every_method_gives_unique_sids(run: Path, method: str) -> None:
     cfg = load_config(IndexConfig, None, overrides(run, f"method={method}"))
     result = build_sid_map(PreparedData.load(run / "run"), cfg)
@@ -96,8 +108,11 @@ def test_identical_items_still_get_distinct_sids(run: Path, tmp_path: Path) -> N
     vectors[:100] = vectors[0]  # 100 items with the very same text
     np.save(tmp_path / "dup.npy", vectors)
     for method in ("suffix", "reassign+suffix"):
-        cfg = load_config(IndexConfig, None, [*overrides(run), f"embedding.path={tmp_path}/dup.npy",
-                                              f"collisions={method}"])  # fmt: skip
+        cfg = load_config(
+            IndexConfig,
+            None,
+            [*overrides(run), f"embedding.path={tmp_path}/dup.npy", f"collisions={method}"],
+        )
         result = build_sid_map(PreparedData.load(run / "run"), cfg)
         report = result.diagnostics["collision_report"]
         assert report["collisions_before"] >= 99 and report["collisions_after"] == 0

@@ -56,8 +56,14 @@ def test_embedding_without_cache_is_deterministic(run: Path) -> None:
 
 def test_a_new_movie_gets_a_sid_from_its_text(run: Path) -> None:
     old = SemanticIdMap.load(run / "sids" / "sid_map.json")
-    new = pd.DataFrame({"item_id": ["new-1"], "title": ["Toy Story 5"], "year": ["2026"],
-                        "genres": [["Animation", "Children's", "Comedy"]]})  # fmt: skip
+    new = pd.DataFrame(
+        {
+            "item_id": ["new-1"],
+            "title": ["Toy Story 5"],
+            "year": ["2026"],
+            "genres": [["Animation", "Children's", "Comedy"]],
+        }
+    )
     grown = add_items(run, new)
     assert [grown.sid(i) for i in old.item_ids] == old.all_sids()
     assert grown.item_of_sid(grown.sid("new-1")) == "new-1"

@@ -51,8 +51,11 @@ def test_custom_prefixes_and_format() -> None:
     ],
 )
 def test_invalid_maps_are_refused(kwargs: dict, message: str) -> None:
-    base = {"item_ids": ("i1", "i2", "i3"), "codes": np.array([[0, 1, 2], [0, 1, 3], [4, 0, 0]]),
-            "codebook_sizes": (5, 2, 4)}  # fmt: skip
+    base = {
+        "item_ids": ("i1", "i2", "i3"),
+        "codes": np.array([[0, 1, 2], [0, 1, 3], [4, 0, 0]]),
+        "codebook_sizes": (5, 2, 4),
+    }
     with pytest.raises(SemanticIdError, match=message):
         SemanticIdMap(**{**base, **kwargs})
 

@@ -15,8 +15,9 @@ from llmrec.templating import TemplateError
 
 
 def test_default_templates_by_columns() -> None:
-    movies = pd.DataFrame({"item_id": ["1"], "title": ["Heat"], "year": ["1995"],
-                           "genres": [["Action", "Crime"]]})  # fmt: skip
+    movies = pd.DataFrame(
+        {"item_id": ["1"], "title": ["Heat"], "year": ["1995"], "genres": [["Action", "Crime"]]}
+    )
     assert item_texts(movies) == ["Heat (1995). Genres: Action, Crime"]
     products = pd.DataFrame(
         {
@@ -54,11 +55,17 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     words = ["the", "a", "red", "blue", "pen", "paper", "movie", "toy", "story", "action", "comedy"]
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
-                                                 *words]) + "\n")  # fmt: skip
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n"
+    )
     BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
-    config = BertConfig(vocab_size=16, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    config = BertConfig(
+        vocab_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     BertModel(config).save_pretrained(folder)
     return folder
 

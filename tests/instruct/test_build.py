@@ -20,21 +20,31 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared and indexed run: 40 users, 60 items, random SIDs (no embedding model)."""
     folder = tmp_path_factory.mktemp("instruct")
     rng = np.random.default_rng(0)
-    rows = [(f"u{u}", f"i{i}", t) for u in range(40)
-            for t, i in enumerate(rng.choice(60, size=8, replace=False))]  # fmt: skip
+    rows = [
+        (f"u{u}", f"i{i}", t)
+        for u in range(40)
+        for t, i in enumerate(rng.choice(60, size=8, replace=False))
+    ]
     pd.DataFrame(rows, columns=["user", "item", "ts"]).to_csv(folder / "log.csv", index=False)
-    pd.DataFrame({"item": [f"i{i}" for i in range(60)],
-                  "title": [f"Film number {i}" for i in range(60)]}).to_csv(
-        folder / "items.csv", index=False)  # fmt: skip
-    data_cfg = load_config(DataConfig, None, [
-        "dataset.name=tabular", f"dataset.path={folder / 'log.csv'}",
-        f"dataset.item_path={folder / 'items.csv'}",
-        "dataset.columns={user_id: user, item_id: item, timestamp: ts}",
-        "dataset.item_columns={item_id: item}",
-    ])  # fmt: skip
+    pd.DataFrame(
+        {"item": [f"i{i}" for i in range(60)], "title": [f"Film number {i}" for i in range(60)]}
+    ).to_csv(folder / "items.csv", index=False)
+    data_cfg = load_config(
+        DataConfig,
+        None,
+        [
+            "dataset.name=tabular",
+            f"dataset.path={folder / 'log.csv'}",
+            f"dataset.item_path={folder / 'items.csv'}",
+            "dataset.columns={user_id: user, item_id: item, timestamp: ts}",
+            "dataset.item_columns={item_id: item}",
+        ],
+    )
     prepare_data(data_cfg, folder / "run")
-    build_index(load_config(IndexConfig, None, ["method=random", "quantizer.codebook_size=8"]),
-                folder / "run")  # fmt: skip
+    build_index(
+        load_config(IndexConfig, None, ["method=random", "quantizer.codebook_size=8"]),
+        folder / "run",
+    )
     return folder / "run"
 
 
@@ -64,8 +74,19 @@ def test_cli_builds_a_dataset_dict(run: Path, capsys: pytest.CaptureFixture[str]
 def test_prompt_completion_format(run: Path, tmp_path: Path) -> None:
     from datasets import load_from_disk
 
-    assert main(["instruct", "build", "--run", str(run), "format=prompt_completion",
-                 "tiny_vocab_size=600"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "instruct",
+                "build",
+                "--run",
+                str(run),
+                "format=prompt_completion",
+                "tiny_vocab_size=600",
+            ]
+        )
+        == 0
+    )
     row = load_from_disk(str(run / "instruct"))["validation"][0]
     assert isinstance(row["prompt"], str) and isinstance(row["completion"], str)
 
@@ -85,11 +106,21 @@ def test_sft_trainer_takes_the_dataset_as_it_is(run: Path, tmp_path: Path) -> No
     tokenizer = AutoTokenizer.from_pretrained(run / "instruct" / "tokenizer")
     model = build_tiny_model(tokenizer, hidden_size=64, num_heads=2, num_layers=1)
     before = model.get_input_embeddings().weight.detach().clone()
-    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=4,
-                     bf16=False, gradient_checkpointing=False, report_to=[], logging_steps=1,
-                     completion_only_loss=True, save_strategy="no", use_cpu=True)  # fmt: skip
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset["train"],
-                         processing_class=tokenizer)  # fmt: skip
+    args = SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        logging_steps=1,
+        completion_only_loss=True,
+        save_strategy="no",
+        use_cpu=True,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset["train"], processing_class=tokenizer
+    )
     result = trainer.train()
     assert np.isfinite(result.training_loss)
     assert not torch.equal(before, model.get_input_embeddings().weight.detach())

@@ -18,8 +18,9 @@ from llmrec.templating import TemplateError
 TRICKY = "{{ 7*7 }} and {% if true %}yes{% endif %}"
 
 
-def make_prepared(tmp_path: Path, n_users: int = 12, n_items: int = 30,
-                  reviews: bool = False) -> PreparedData:  # fmt: skip
+def make_prepared(
+    tmp_path: Path, n_users: int = 12, n_items: int = 30, reviews: bool = False
+) -> PreparedData:
     """A prepared run in memory: random histories of 5-9 items per user."""
     rng = np.random.default_rng(0)
     rows = []
@@ -83,8 +84,9 @@ def test_no_leakage_between_training_and_held_out(tmp_path: Path) -> None:
             assert e.target_item == row[target_col] == full[pos]
             assert list(e.history) == full[:pos][-4:]  # only what came before the target
     # No training example predicts a held-out target at the held-out position.
-    held = {(e.user_id, e.history, e.target_item) for n in ("validation", "test")
-            for e in examples[n]}  # fmt: skip
+    held = {
+        (e.user_id, e.history, e.target_item) for n in ("validation", "test") for e in examples[n]
+    }
     assert not held & {(e.user_id, e.history, e.target_item) for e in examples["train"]}
 
 

@@ -78,8 +78,10 @@ def llm(tiny_dir: tuple[Path, Any]) -> Iterator[Any]:
     """A synchronous engine with the trie processor and LoRA on (shared by every test)."""
     from llmrec.serve.engine import EngineConfig, build_llm
 
-    engine = build_llm(tiny_dir[0], EngineConfig(dtype="float32", max_model_len=256,
-                                                  enable_lora=True, max_lora_rank=8))  # fmt: skip
+    engine = build_llm(
+        tiny_dir[0],
+        EngineConfig(dtype="float32", max_model_len=256, enable_lora=True, max_lora_rank=8),
+    )
     yield engine
     del engine
 
@@ -97,9 +99,20 @@ def adapters(
         base = AutoModelForCausalLM.from_pretrained(tiny_dir[0], dtype=torch.float32)
         torch.manual_seed(seed)
         # init_lora_weights=False: random A and B, so each adapter changes the model at once.
-        config = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
-                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
-                                            "down_proj", "gate_proj"])  # fmt: skip
+        config = LoraConfig(
+            r=8,
+            lora_alpha=16,
+            init_lora_weights=False,
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "up_proj",
+                "down_proj",
+                "gate_proj",
+            ],
+        )
         model = get_peft_model(base, config)
         with torch.no_grad():
             for n, p in model.named_parameters():

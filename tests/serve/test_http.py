@@ -31,14 +31,23 @@ def client(tiny_dir: tuple[Path, Any], adapters: dict[str, Path]) -> Iterator[An
     sid_map = random_catalog(11, n=30)
     trie = ItemTrie.from_sid_map(sid_map, tokenizer, tokenizer.eos_token_id)
     items = trie.item_ids
-    catalog = ServingCatalog(items, {i: f"Title of {i}" for i in items},
-                             {"u1": tuple(items[:4]), "u2": (items[5],)})  # fmt: skip
+    catalog = ServingCatalog(
+        items, {i: f"Title of {i}" for i in items}, {"u1": tuple(items[:4]), "u2": (items[5],)}
+    )
 
     def make_backend() -> VLLMBackend:
-        engine = build_async_engine(tiny_dir[0], EngineConfig(dtype="float32", max_model_len=256,
-                                                              enable_lora=True, max_lora_rank=8))  # fmt: skip
-        return VLLMBackend(engine, TextPrompts(tokenizer, sid_map), trie, str(trie_file(trie)),
-                           num_beams=10, lora=lora_requests({k: str(v) for k, v in adapters.items()}))  # fmt: skip
+        engine = build_async_engine(
+            tiny_dir[0],
+            EngineConfig(dtype="float32", max_model_len=256, enable_lora=True, max_lora_rank=8),
+        )
+        return VLLMBackend(
+            engine,
+            TextPrompts(tokenizer, sid_map),
+            trie,
+            str(trie_file(trie)),
+            num_beams=10,
+            lora=lora_requests({k: str(v) for k, v in adapters.items()}),
+        )
 
     app = create_app(make_backend, catalog, Limits(max_k=20, max_history=8))
     with TestClient(app) as test_client:
@@ -50,8 +59,13 @@ def client(tiny_dir: tuple[Path, Any], adapters: dict[str, Path]) -> Iterator[An
 
 def test_health_and_openapi(client: Any) -> None:
     health = client.get("/health").json()
-    assert health == {"status": "ok", "items": 30, "users": 2, "backend": "vllm",
-                      "adapters": ["alice", "bob"]}  # fmt: skip
+    assert health == {
+        "status": "ok",
+        "items": 30,
+        "users": 2,
+        "backend": "vllm",
+        "adapters": ["alice", "bob"],
+    }
     schema = client.get("/openapi.json").json()
     assert (
         "/v1/recommend" in schema["paths"] and "RecommendRequest" in schema["components"]["schemas"]
@@ -69,8 +83,9 @@ def test_recommend_by_user_and_by_history(client: Any) -> None:
     assert scores == sorted(scores, reverse=True)
     same = client.post("/v1/recommend", json={"history": list(items[:4]), "k": 5}).json()
     assert same["items"] == by_user["items"]
-    kept = client.post("/v1/recommend", json={"history": list(items[:4]), "k": 20,
-                                              "exclude_seen": False}).json()  # fmt: skip
+    kept = client.post(
+        "/v1/recommend", json={"history": list(items[:4]), "k": 20, "exclude_seen": False}
+    ).json()
     assert len(kept["items"]) == 20
     cold = client.post("/v1/recommend", json={"history": [], "k": 3})
     assert cold.status_code == 200 and len(cold.json()["items"]) == 3
@@ -78,9 +93,13 @@ def test_recommend_by_user_and_by_history(client: Any) -> None:
 
 def test_adapters_change_the_answer(client: Any) -> None:
     body = {"history": list(client.items[:2]), "k": 10}
-    answers = [tuple(r["item_id"] for r in client.post("/v1/recommend", json={**body, **extra}
-                                                        ).json()["items"])
-               for extra in ({}, {"adapter": "alice"}, {"adapter": "bob"})]  # fmt: skip
+    answers = [
+        tuple(
+            r["item_id"]
+            for r in client.post("/v1/recommend", json={**body, **extra}).json()["items"]
+        )
+        for extra in ({}, {"adapter": "alice"}, {"adapter": "bob"})
+    ]
     assert len(set(answers)) == 3
 
 
@@ -107,28 +126,32 @@ def test_greedy_is_a_beam_of_one(client: Any, llm: Any, tiny_dir: tuple[Path, An
         assert [(x["item_id"], pytest.approx(x["score"], abs=1e-3)) for x in got["items"]] == want
 
 
-@pytest.mark.parametrize(("body", "status", "needle"), [
-    ({}, 422, "exactly one of user_id or history"),
-    ({"user_id": "u1", "history": []}, 422, "exactly one"),
-    ({"user_id": "nobody"}, 404, "unknown user"),
-    ({"history": ["not-an-item"]}, 422, "unknown item ids"),
-    ({"history": [], "k": 0}, 422, "k must be between 1 and 20"),
-    ({"history": [], "k": 21}, 422, "k must be between"),
-    ({"history": [], "k": -3}, 422, "k must be between"),
-    ({"history": [], "k": "ten"}, 422, "k"),
-    ({"history": [], "k": 1.5}, 422, "k"),
-    ({"history": "abc"}, 422, "history"),
-    ({"history": [1, 2]}, 422, "history"),
-    ({"history": ["x"] * 9}, 413, "at most 8"),
-    ({"history": [], "adapter": "carol"}, 404, "unknown adapter"),
-    ({"history": [], "num_beams": 0}, 422, "num_beams must be between 1 and 64"),
-    ({"history": [], "num_beams": 65}, 422, "num_beams"),
-    ({"user_id": "u2", "k": 20, "exclude_seen": True}, 200, ""),
-    ({"user_id": "u1", "k": 20, "exclude_seen": True}, 200, ""),
-    ({"history": [], "user_id": None}, 200, ""),
-])  # fmt: skip
-def test_malformed_requests_get_4xx(client: Any, body: dict[str, Any], status: int,
-                                    needle: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({}, 422, "exactly one of user_id or history"),
+        ({"user_id": "u1", "history": []}, 422, "exactly one"),
+        ({"user_id": "nobody"}, 404, "unknown user"),
+        ({"history": ["not-an-item"]}, 422, "unknown item ids"),
+        ({"history": [], "k": 0}, 422, "k must be between 1 and 20"),
+        ({"history": [], "k": 21}, 422, "k must be between"),
+        ({"history": [], "k": -3}, 422, "k must be between"),
+        ({"history": [], "k": "ten"}, 422, "k"),
+        ({"history": [], "k": 1.5}, 422, "k"),
+        ({"history": "abc"}, 422, "history"),
+        ({"history": [1, 2]}, 422, "history"),
+        ({"history": ["x"] * 9}, 413, "at most 8"),
+        ({"history": [], "adapter": "carol"}, 404, "unknown adapter"),
+        ({"history": [], "num_beams": 0}, 422, "num_beams must be between 1 and 64"),
+        ({"history": [], "num_beams": 65}, 422, "num_beams"),
+        ({"user_id": "u2", "k": 20, "exclude_seen": True}, 200, ""),
+        ({"user_id": "u1", "k": 20, "exclude_seen": True}, 200, ""),
+        ({"history": [], "user_id": None}, 200, ""),
+    ],
+)
+def test_malformed_requests_get_4xx(
+    client: Any, body: dict[str, Any], status: int, needle: str
+) -> None:
     response = client.post("/v1/recommend", json=body)
     assert response.status_code == status, response.text
     assert needle in response.text

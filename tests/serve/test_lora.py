@@ -21,8 +21,9 @@ pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def test_two_adapters_side_by_side(llm: Any, tiny_dir: tuple[Path, Any],
-                                   adapters: dict[str, Path]) -> None:  # fmt: skip
+def test_two_adapters_side_by_side(
+    llm: Any, tiny_dir: tuple[Path, Any], adapters: dict[str, Path]
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     from vllm.lora.request import LoRARequest
@@ -42,8 +43,9 @@ def test_two_adapters_side_by_side(llm: Any, tiny_dir: tuple[Path, Any],
         want = HFRecommender(model.eval(), prompts, trie).score_beam(histories, 10)  # type: ignore[arg-type]
         for got_row, want_row in zip(ranked[name], want, strict=True):
             assert [i for i, _ in got_row] == [i for i, _ in want_row]
-            np.testing.assert_allclose([s for _, s in got_row], [s for _, s in want_row],
-                                       rtol=1e-4, atol=2e-3)  # fmt: skip
+            np.testing.assert_allclose(
+                [s for _, s in got_row], [s for _, s in want_row], rtol=1e-4, atol=2e-3
+            )
     assert ranked["alice"] != ranked["bob"]
     assert ranked["alice"] != ranked[None] and ranked["bob"] != ranked[None]
 

@@ -37,8 +37,9 @@ def _trie(catalog: Any, tokenizer: Any) -> tuple[ItemTrie, str]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_greedy_and_sampling_give_only_catalog_items(llm: Any, tiny_dir: tuple[Path, Any],
-                                                     seed: int) -> None:  # fmt: skip
+def test_greedy_and_sampling_give_only_catalog_items(
+    llm: Any, tiny_dir: tuple[Path, Any], seed: int
+) -> None:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -49,9 +50,16 @@ def test_greedy_and_sampling_give_only_catalog_items(llm: Any, tiny_dir: tuple[P
     for text in PROMPTS:
         for decoding in DECODING:
             prompts.append(TokensPrompt(prompt_token_ids=tokenizer(text)["input_ids"]))
-            params.append(SamplingParams(max_tokens=trie.depth, n=3 if decoding["temperature"]
-                                         else 1, stop_token_ids=[trie.end_token_id], seed=seed,
-                                         extra_args=constraint_args(path), **decoding))  # fmt: skip
+            params.append(
+                SamplingParams(
+                    max_tokens=trie.depth,
+                    n=3 if decoding["temperature"] else 1,
+                    stop_token_ids=[trie.end_token_id],
+                    seed=seed,
+                    extra_args=constraint_args(path),
+                    **decoding,
+                )
+            )
     # Free-text requests share the batch and stay unconstrained.
     free = SamplingParams(max_tokens=trie.depth, temperature=0.0, ignore_eos=True)
     prompts.append(TokensPrompt(prompt_token_ids=tokenizer("the user")["input_ids"]))
@@ -76,11 +84,17 @@ def test_exclusions_hold_for_sampling(llm: Any, tiny_dir: tuple[Path, Any]) -> N
     catalog = random_catalog(100, n=12)
     trie, path = _trie(catalog, tokenizer)
     banned = list(range(10))  # two items stay allowed
-    params = SamplingParams(max_tokens=trie.depth, n=20, temperature=2.0, seed=0,
-                            stop_token_ids=[trie.end_token_id],
-                            extra_args=constraint_args(path, exclude=banned))  # fmt: skip
-    out = llm.generate([TokensPrompt(prompt_token_ids=tokenizer("next")["input_ids"])], params,
-                       use_tqdm=False)[0]  # fmt: skip
+    params = SamplingParams(
+        max_tokens=trie.depth,
+        n=20,
+        temperature=2.0,
+        seed=0,
+        stop_token_ids=[trie.end_token_id],
+        extra_args=constraint_args(path, exclude=banned),
+    )
+    out = llm.generate(
+        [TokensPrompt(prompt_token_ids=tokenizer("next")["input_ids"])], params, use_tqdm=False
+    )[0]
     got = {trie.items_of(torch.tensor([list(c.token_ids)]))[0] for c in out.outputs}
     assert got <= set(catalog.item_ids[10:]) and got
 
@@ -92,8 +106,11 @@ def test_malformed_constraint_arguments_are_rejected(llm: Any, tiny_dir: tuple[P
 
     _, path = _trie(random_catalog(1), tiny_dir[1])
     prompt = TokensPrompt(prompt_token_ids=tiny_dir[1]("next")["input_ids"])
-    for extra in ({"llmrec_trie": "/nonexistent.pt"}, constraint_args(path, prefix_len=99),
-                  {**constraint_args(path), "llmrec_exclude": [10**6]}):  # fmt: skip
+    for extra in (
+        {"llmrec_trie": "/nonexistent.pt"},
+        constraint_args(path, prefix_len=99),
+        {**constraint_args(path), "llmrec_exclude": [10**6]},
+    ):
         with pytest.raises(VLLMValidationError, match="llmrec_"):
             llm.generate([prompt], SamplingParams(max_tokens=2, extra_args=extra), use_tqdm=False)
 
@@ -106,8 +123,9 @@ def hf_model(tiny_dir: tuple[Path, Any]) -> Any:
 
 
 @pytest.mark.parametrize(("seed", "width"), [(s, w) for s in SEEDS for w in (1, 5, 12)])
-def test_vllm_beam_search_ranks_like_hf(llm: Any, hf_model: Any, tiny_dir: tuple[Path, Any],
-                                        seed: int, width: int) -> None:  # fmt: skip
+def test_vllm_beam_search_ranks_like_hf(
+    llm: Any, hf_model: Any, tiny_dir: tuple[Path, Any], seed: int, width: int
+) -> None:
     tokenizer = tiny_dir[1]
     catalog = random_catalog(seed)
     trie, _ = _trie(catalog, tokenizer)
@@ -156,9 +174,14 @@ def test_evaluate_through_vllm_equals_hf(
     trie, _ = _trie(catalog, tiny_dir[1])
     prompts = TextPrompts(tiny_dir[1], catalog)
     rng = np.random.default_rng(5)
-    events = pd.DataFrame([(f"u{u}", str(i), t) for u in range(12)
-                           for t, i in enumerate(rng.choice(catalog.item_ids, size=6))],
-                          columns=["user_id", "item_id", "timestamp"])  # fmt: skip
+    events = pd.DataFrame(
+        [
+            (f"u{u}", str(i), t)
+            for u in range(12)
+            for t, i in enumerate(rng.choice(catalog.item_ids, size=6))
+        ],
+        columns=["user_id", "item_id", "timestamp"],
+    )
     split = leave_one_out(events)
     for exclude_seen in (False, True):
         cfg = EvalConfig(ks=[5, 10], bootstrap=0, exclude_seen=exclude_seen)

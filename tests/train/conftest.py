@@ -40,18 +40,27 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """30 users × 8 interactions over 40 items, 3 × 8 random SIDs, instructions built."""
     folder = tmp_path_factory.mktemp("train_run")
     rng = np.random.default_rng(0)
-    rows = [(f"u{u}", f"i{i}", t) for u in range(30)
-            for t, i in enumerate(rng.choice(40, size=8, replace=False))]  # fmt: skip
+    rows = [
+        (f"u{u}", f"i{i}", t)
+        for u in range(30)
+        for t, i in enumerate(rng.choice(40, size=8, replace=False))
+    ]
     pd.DataFrame(rows, columns=["user", "item", "ts"]).to_csv(folder / "log.csv", index=False)
-    titles = pd.DataFrame({"item": [f"i{i}" for i in range(40)],
-                           "title": [f"Film number {i}" for i in range(40)]})  # fmt: skip
+    titles = pd.DataFrame(
+        {"item": [f"i{i}" for i in range(40)], "title": [f"Film number {i}" for i in range(40)]}
+    )
     titles.to_csv(folder / "items.csv", index=False)
-    data_cfg = load_config(DataConfig, None, [
-        "dataset.name=tabular", f"dataset.path={folder / 'log.csv'}",
-        f"dataset.item_path={folder / 'items.csv'}",
-        "dataset.columns={user_id: user, item_id: item, timestamp: ts}",
-        "dataset.item_columns={item_id: item}",
-    ])  # fmt: skip
+    data_cfg = load_config(
+        DataConfig,
+        None,
+        [
+            "dataset.name=tabular",
+            f"dataset.path={folder / 'log.csv'}",
+            f"dataset.item_path={folder / 'items.csv'}",
+            "dataset.columns={user_id: user, item_id: item, timestamp: ts}",
+            "dataset.item_columns={item_id: item}",
+        ],
+    )
     run = folder / "run"
     prepare_data(data_cfg, run)
     build_index(load_config(IndexConfig, None, ["method=random", "quantizer.codebook_size=8"]), run)

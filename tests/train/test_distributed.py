@@ -31,13 +31,35 @@ def test_two_cpu_processes_train_together(
 ) -> None:
     port = str(_free_port())
     if launcher == "accelerate":
-        head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(RECIPES / "cpu_ddp.yaml"), "--main_process_port", port]  # fmt: skip
+        head = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(RECIPES / "cpu_ddp.yaml"),
+            "--main_process_port",
+            port,
+        ]
     else:
-        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master-port", port]  # fmt: skip
-    command = [*head, "-m", "llmrec.train.sft", "--run-dir", str(run), *tiny_overrides,
-               "train_samples=64", "training.max_steps=3"]  # fmt: skip
+        head = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master-port",
+            port,
+        ]
+    command = [
+        *head,
+        "-m",
+        "llmrec.train.sft",
+        "--run-dir",
+        str(run),
+        *tiny_overrides,
+        "train_samples=64",
+        "training.max_steps=3",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -38,8 +38,9 @@ def _trainer(cfg: SFTStageConfig, run: Path, out: Path, peft_config: Any = "defa
     args = sft_training_args(cfg, out, "test")
     args.save_strategy = "no"
     config = lora_config(cfg, model, ids) if peft_config == "default" else peft_config(model, ids)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                         peft_config=config)  # fmt: skip
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=config
+    )
     trainer.sid_ids = ids
     return trainer
 
@@ -70,14 +71,21 @@ def test_sid_rows_train_and_the_base_stays_frozen(
     tmp_path: Path,
     make_cfg: Callable[..., SFTStageConfig],
 ) -> None:
-    cfg = make_cfg("finetune=lora", f"tiny_tie_embeddings={str(tied).lower()}",
-                   f"lora.new_tokens={new_tokens}", "lora.r=4", "train_samples=64")  # fmt: skip
+    cfg = make_cfg(
+        "finetune=lora",
+        f"tiny_tie_embeddings={str(tied).lower()}",
+        f"lora.new_tokens={new_tokens}",
+        "lora.r=4",
+        "train_samples=64",
+    )
     trainer = _trainer(cfg, run, tmp_path / "out")
     ids = torch.tensor(trainer.sid_ids)
     patch_trainable_tokens_bias(trainer.model)
-    base_before = {k: v.clone() for k, v in trainer.model.get_base_model().state_dict().items()
-                   if "lora_" not in k and "token_adapter" not in k
-                   and "modules_to_save" not in k}  # fmt: skip
+    base_before = {
+        k: v.clone()
+        for k, v in trainer.model.get_base_model().state_dict().items()
+        if "lora_" not in k and "token_adapter" not in k and "modules_to_save" not in k
+    }
     in_before, out_before = _embedding_rows(trainer.model)
     trainer.train()
     in_after, out_after = _embedding_rows(trainer.model)
@@ -112,8 +120,12 @@ def test_untied_without_lm_head_the_output_rows_never_train(
     cfg = make_cfg("finetune=lora", "tiny_tie_embeddings=false", "train_samples=64")
 
     def embedding_only(model: Any, ids: list[int]) -> Any:
-        return LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM",
-                          trainable_token_indices={"embed_tokens": ids})  # fmt: skip
+        return LoraConfig(
+            r=4,
+            target_modules=["q_proj"],
+            task_type="CAUSAL_LM",
+            trainable_token_indices={"embed_tokens": ids},
+        )
 
     trainer = _trainer(cfg, run, tmp_path / "out", peft_config=embedding_only)
     ids = torch.tensor(trainer.sid_ids)
@@ -128,16 +140,19 @@ def test_the_bias_shim_is_still_needed(
     run: Path, tmp_path: Path, make_cfg: Callable[..., SFTStageConfig]
 ) -> None:
     """Canary: once TRL/PEFT fix this upstream, drop ``patch_trainable_tokens_bias``."""
-    cfg = make_cfg("finetune=lora", "tiny_tie_embeddings=false", "train_samples=16",
-                   "training.max_steps=1")  # fmt: skip
+    cfg = make_cfg(
+        "finetune=lora", "tiny_tie_embeddings=false", "train_samples=16", "training.max_steps=1"
+    )
     trainer = _trainer(cfg, run, tmp_path / "out")
     try:
         trainer.train()
     except AttributeError as err:
         assert "'TrainableTokensWrapper' object has no attribute 'bias'" in str(err)
     else:
-        pytest.fail("TRL's fused LM head now trains PEFT trainable tokens without the shim: "
-                    "remove patch_trainable_tokens_bias and this test")  # fmt: skip
+        pytest.fail(
+            "TRL's fused LM head now trains PEFT trainable tokens without the shim: "
+            "remove patch_trainable_tokens_bias and this test"
+        )
 
 
 def test_patch_is_local_and_idempotent(

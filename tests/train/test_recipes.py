@@ -17,9 +17,12 @@ RECIPES = Path(__file__).parents[2] / "recipes"
 def test_every_sft_recipe_loads_and_validates() -> None:
     paths = sorted((RECIPES / "sft").glob("*.yaml"))
     assert {p.name for p in paths} >= {
-        "tiny-cpu.yaml", "qwen2.5-0.5b-lora.yaml", "qwen2.5-1.5b-lora.yaml",
-        "qwen2.5-0.5b-full.yaml", "qwen2.5-1.5b-full.yaml",
-    }  # fmt: skip
+        "tiny-cpu.yaml",
+        "qwen2.5-0.5b-lora.yaml",
+        "qwen2.5-1.5b-lora.yaml",
+        "qwen2.5-0.5b-full.yaml",
+        "qwen2.5-1.5b-full.yaml",
+    }
     for path in paths:
         cfg = load_config(SFTStageConfig, path)
         validate(cfg)
@@ -34,8 +37,14 @@ def test_every_accelerate_config_loads() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
     paths = {p.stem: p for p in (RECIPES / "accelerate").glob("*.yaml")}
-    assert set(paths) >= {"single_gpu", "multi_gpu_ddp", "fsdp", "deepspeed_zero2",
-                          "deepspeed_zero3", "cpu_ddp"}  # fmt: skip
+    assert set(paths) >= {
+        "single_gpu",
+        "multi_gpu_ddp",
+        "fsdp",
+        "deepspeed_zero2",
+        "deepspeed_zero3",
+        "cpu_ddp",
+    }
     configs = {name: load_config_from_file(str(path)) for name, path in paths.items()}
     for name, cfg in configs.items():
         # Precision comes from the llmrec config, never from the launcher.
@@ -108,7 +117,9 @@ def test_importing_the_package_stays_cheap() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, llmrec.train, llmrec.train.sft, llmrec.train.export; "
-            "print(sorted(m for m in ('trl', 'peft', 'transformers') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys, llmrec.train, llmrec.train.sft, llmrec.train.export; "
+        "print(sorted(m for m in ('trl', 'peft', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

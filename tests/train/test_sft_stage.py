@@ -39,8 +39,13 @@ def test_full_finetuning_writes_a_loadable_stage(
     folder = train_sft(make_cfg("train_samples=32"), run)
     assert folder == run / "sft" and StageDir(run, "sft").is_done()
     assert {p.name for p in folder.iterdir()} >= {
-        "model", "sid_map.json", "config.yaml", "sft_info.json", "metrics.json", "_DONE.json"
-    }  # fmt: skip
+        "model",
+        "sid_map.json",
+        "config.yaml",
+        "sft_info.json",
+        "metrics.json",
+        "_DONE.json",
+    }
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and metrics["world_size"] == 1
     assert metrics["ranks"] == [{"rank": 0, "steps": 4}]
@@ -68,8 +73,9 @@ def test_periodic_validation_calls_the_injected_function(
         calls.append({"training": model.training, "grad": torch.is_grad_enabled()})
         return {"recall@10": 0.1 * len(calls), "val_ndcg@10": 0.5}
 
-    cfg = make_cfg("train_samples=32", "training.max_steps=5", "training.eval_steps=2",
-                   "validation_size=8")  # fmt: skip
+    cfg = make_cfg(
+        "train_samples=32", "training.max_steps=5", "training.eval_steps=2", "validation_size=8"
+    )
     folder = train_sft(cfg, run, eval_fn=fake_eval)
     assert len(calls) == 3  # steps 2, 4 and the last one (5)
     assert all(c == {"training": False, "grad": False} for c in calls)
@@ -131,8 +137,9 @@ def test_lora_export_merges_into_a_plain_checkpoint(
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = make_cfg("finetune=lora", "lora.r=4", "train_samples=32",
-                   f"tiny_tie_embeddings={str(tied).lower()}")  # fmt: skip
+    cfg = make_cfg(
+        "finetune=lora", "lora.r=4", "train_samples=32", f"tiny_tie_embeddings={str(tied).lower()}"
+    )
     folder = train_sft(cfg, run)
     assert (folder / "model" / "adapter_config.json").is_file()
     assert (folder / "base_model" / "model.safetensors").is_file()
@@ -150,8 +157,9 @@ def test_lora_export_merges_into_a_plain_checkpoint(
     assert not any("lora" in k or "token_adapter" in k or "base_layer" in k for k in weights)
     exported = AutoModelForCausalLM.from_pretrained(out)
     assert exported.config.tie_word_embeddings == tied
-    torch.testing.assert_close(_logits(exported, AutoTokenizer.from_pretrained(out)), expected,
-                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        _logits(exported, AutoTokenizer.from_pretrained(out)), expected, rtol=1e-4, atol=1e-4
+    )
     # The SID rows really moved away from the base: the merge carried them over.
     base = AutoModelForCausalLM.from_pretrained(folder / "base_model")
     info = json.loads((folder / "sft_info.json").read_text())
@@ -180,8 +188,9 @@ def test_full_export_is_a_copy_or_a_cast(
     expected = _logits(model, tokenizer)
     out = export_model(folder)
     assert out == run / "export"
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out), tokenizer),
-                               expected)  # fmt: skip
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(out), tokenizer), expected
+    )
     half = export_model(run, tmp_path / "bf16", dtype="bfloat16")
     cast = AutoModelForCausalLM.from_pretrained(half)
     assert cast.dtype == torch.bfloat16
@@ -207,8 +216,9 @@ def test_max_history_rerenders_the_same_examples(
     synthetic_run: Path, make_cfg: Callable[..., SFTStageConfig]
 ) -> None:
     full, full_val = load_sft_datasets(make_cfg("validation_size=1000"), synthetic_run)
-    short, short_val = load_sft_datasets(make_cfg("max_history=2", "validation_size=1000"),
-                                         synthetic_run)  # fmt: skip
+    short, short_val = load_sft_datasets(
+        make_cfg("max_history=2", "validation_size=1000"), synthetic_run
+    )
     assert len(short) == len(full) and len(short_val) == len(full_val)
     assert short["completion"] == full["completion"]
     changed = sum(a != b for a, b in zip(short["prompt"], full["prompt"], strict=True))
@@ -233,8 +243,11 @@ def test_lora_on_a_pretrained_folder_reloads_it_by_path(
 
     corpus = [f"Film number {i} is a film about things {i % 7}" for i in range(300)]
     tokenizer = train_tokenizer(corpus, vocab_size=500)
-    base_dir = save_tiny(build_tiny_model(tokenizer, hidden_size=64, num_heads=2, num_layers=1),
-                         tokenizer, tmp_path / "pretrained")  # fmt: skip
+    base_dir = save_tiny(
+        build_tiny_model(tokenizer, hidden_size=64, num_heads=2, num_layers=1),
+        tokenizer,
+        tmp_path / "pretrained",
+    )
     build_instruct(load_config(InstructConfig, None, [f"tokenizer={base_dir}"]), run, force=True)
     cfg = make_cfg(f"model={base_dir}", "finetune=lora", "lora.r=4", "train_samples=32")
     folder = train_sft(cfg, run)
@@ -244,8 +257,9 @@ def test_lora_on_a_pretrained_folder_reloads_it_by_path(
     peft_model, tok = load_sft_model(folder)
     expected = _logits(peft_model, tok)
     out = export_model(folder, tmp_path / "export")
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out), tok), expected,
-                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(out), tok), expected, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_a_pretrained_model_needs_its_own_tokenizer_in_the_instruct_stage(
