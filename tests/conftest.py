@@ -25,3 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# The vLLM engine and tiny model shared by every `vllm` test module (one engine per session).
+pytest_plugins = ["tests.vllm_fixtures"]

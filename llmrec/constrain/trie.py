@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 DEAD = -1  # the generated tokens left the trie (only possible without the constraint)
 FINISHED = -2  # a terminal node was passed; whatever follows (padding) is ignored
 KEY_BASE = 1 << 32  # edge_key = parent * KEY_BASE + token
-_DENSE = True  # tests switch the dense fast path off to compare it with the general one
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +47,9 @@ class ItemTrie:
     max_children: tuple[int, ...]  # per depth: the widest node at that depth
     item_ids: tuple[str, ...]
     end_token_id: int
+    # Dense per-depth tables (``dense.py``) make ``constrain`` 4 ops a token for SID-like
+    # catalogs; False keeps only the general CSR path (the tests compare the two).
+    dense: bool = True
     # Derived in __post_init__: per depth, the range of edges leaving that depth's nodes
     # (plain ints, so walks slice them without touching the device), whether any token but
     # the end token can follow there, and the dense tables of the fast path (``dense.py``).
@@ -190,6 +192,7 @@ class ItemTrie:
             max_children=self.max_children,
             item_ids=self.item_ids,
             end_token_id=self.end_token_id,
+            dense=self.dense,
         )
 
     @property
@@ -323,7 +326,7 @@ class ItemTrie:
         """
         depth = generated.shape[1]
         end = self.end_token_id
-        if _DENSE and banned is None:
+        if self.dense and banned is None:
             if depth >= self.depth or not self.depth_open[depth]:
                 # Only the end token can follow anywhere at this depth: no walk needed.
                 if inplace:

@@ -89,7 +89,7 @@ def llm_for_run(run: Path, cfg: EvalStageConfig) -> tuple[Recommender, float]:
     folder = StageDir(run, "sft").require(f"llmrec train sft --run {run}")
     rec: Recommender
     if cfg.llm_backend == "vllm":
-        from llmrec.serve.engine import VLLMRecommender, build_llm, default_model_dir
+        from llmrec.recommend.vllm import VLLMRecommender, build_llm, default_model_dir
 
         # The merged export (LoRA runs) or the full fine-tune's folder, as `llmrec serve` loads.
         llm = build_llm(default_model_dir(run))

@@ -19,15 +19,25 @@ capacity-constrained assignment level by level.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Self
 
 import numpy as np
 import torch
 
 from llmrec.indexing.kmeans import balanced_assign, kmeans, nearest_centroids, sq_distances
+from llmrec.indexing.quantizer_base import (
+    Quantizer,
+    QuantizerConfig,
+    StateDict,
+    as_tensor,
+    default_codebook_size,
+    normalize_rows,
+    resolve_codebook_size,
+    state_flag,
+    state_scalar,
+)
+from llmrec.indexing.rqvae import RQVAEQuantizer
 
 logger = logging.getLogger(__name__)
 
@@ -35,139 +45,13 @@ __all__ = [
     "Quantizer",
     "QuantizerConfig",
     "RQKMeansQuantizer",
+    "RQVAEQuantizer",
     "StateDict",
     "build_quantizer",
     "default_codebook_size",
     "make_distance_fn",
     "quantizer_from_state_dict",
 ]
-
-StateDict = dict[str, np.ndarray | int | float | str]
-
-
-def default_codebook_size(n_items: int, levels: int = 3) -> int:
-    """A codebook size suited to a catalog of ``n_items``: a power of two in [8, 256]."""
-    # Aim for K ≈ 2 · n^(1/levels): the K^levels code space is then ≥ 8× the catalog, so few
-    # tuples collide, while each first-level code still covers ~n^(2/3)/2 items (enough for its
-    # token embedding to be learnt and for prefixes to mean something). Powers of two keep the
-    # vocabulary tidy; 256 is the usual ceiling (TIGER, LC-Rec). Examples with 3 levels:
-    # ML-100K (1,682 items) → 32 (3×32); 10k → 64; 100k → 128; ≥ 1M → 256.
-    if n_items < 1:
-        raise ValueError(f"n_items must be >= 1, got {n_items}")
-    target = 2.0 * n_items ** (1.0 / levels)
-    return int(min(256, max(8, 2 ** math.ceil(math.log2(target)))))
-
-
-@dataclass
-class QuantizerConfig:
-    """Settings for :func:`build_quantizer` (RQ-KMeans and RQ-VAE)."""
-
-    method: Literal["rq_kmeans", "rq_vae"] = field(
-        default="rq_kmeans", metadata={"help": "Quantizer: 'rq_kmeans' or 'rq_vae'."}
-    )
-    levels: int = field(default=3, metadata={"help": "Number of code levels (codebooks)."})
-    codebook_size: int | None = field(
-        default=256,
-        metadata={"help": "Codes per level; null → default_codebook_size(n_items, levels)."},
-    )
-    seed: int = field(default=0, metadata={"help": "Seed for every random choice."})
-    normalize: bool = field(
-        default=False, metadata={"help": "L2-normalise embeddings before quantising."}
-    )
-    balanced: bool = field(
-        default=False,
-        metadata={"help": "RQ-KMeans: capacity-constrained (≈ N/K per code) assignment."},
-    )
-    kmeans_iters: int = field(default=25, metadata={"help": "Lloyd iterations per k-means."})
-    kmeans_sample: int = field(
-        default=200_000,
-        metadata={"help": "RQ-KMeans: fit each level on at most this many items (0 → all)."},
-    )
-    batch_size: int = field(
-        default=65536, metadata={"help": "Rows per distance batch when assigning codes."}
-    )
-    hidden_dims: tuple[int, ...] = field(
-        default=(512, 256, 128), metadata={"help": "RQ-VAE: encoder hidden sizes (mirrored)."}
-    )
-    latent_dim: int = field(default=32, metadata={"help": "RQ-VAE: latent (codebook) dimension."})
-    epochs: int = field(default=200, metadata={"help": "RQ-VAE: training epochs."})
-    train_batch_size: int = field(default=1024, metadata={"help": "RQ-VAE: items per step."})
-    lr: float = field(default=1e-3, metadata={"help": "RQ-VAE: Adam learning rate."})
-    beta: float = field(default=0.25, metadata={"help": "RQ-VAE: commitment loss weight."})
-    quant_weight: float = field(
-        default=1.0, metadata={"help": "RQ-VAE: weight of the quantisation loss vs. MSE."}
-    )
-    dead_code_steps: int = field(
-        default=50,
-        metadata={"help": "RQ-VAE: reset a code unused for this many steps (0 → never)."},
-    )
-    kmeans_init: bool = field(
-        default=True, metadata={"help": "RQ-VAE: initialise codebooks by k-means on latents."}
-    )
-    progress: bool = field(default=True, metadata={"help": "RQ-VAE: show a tqdm progress bar."})
-
-
-class Quantizer(Protocol):
-    """Maps embeddings [N, D] to int64 codes [N, levels]; fitted once, then reusable."""
-
-    levels: int
-    codebook_size: int
-
-    def fit(self, x: np.ndarray) -> Self:
-        """Learn the codebooks from ``x``."""
-        ...
-
-    def fit_encode(self, x: np.ndarray) -> np.ndarray:
-        """Fit on ``x`` and return its codes (balanced if configured)."""
-        ...
-
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """Nearest-code tuples of ``x`` (row-independent) → int64 [N, levels]."""
-        ...
-
-    def last_level_distances(self, x: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Squared distances [n, K] from the last-level residual of ``x`` (built from the first
-        ``levels - 1`` columns of ``codes``) to each last-level codeword."""
-        ...
-
-    def state_dict(self) -> StateDict:
-        """Everything needed to encode new items later (numpy arrays and scalars)."""
-        ...
-
-    @classmethod
-    def from_state_dict(cls, d: Mapping[str, Any]) -> Self:
-        """Rebuild a fitted quantizer from :meth:`state_dict` output."""
-        ...
-
-
-def _as_tensor(x: np.ndarray) -> torch.Tensor:
-    """float32 tensor view of ``x`` (no copy when ``x`` is already contiguous float32)."""
-    if x.ndim != 2:
-        raise ValueError(f"expected a 2-D array [N, D], got shape {x.shape}")
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-
-
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x, dim=1)
-
-
-def _scalar(d: Mapping[str, Any], key: str) -> Any:
-    """A scalar from a state dict, also when it went through ``np.savez`` (0-d array)."""
-    v = d[key]
-    return v.item() if isinstance(v, np.ndarray | np.generic) else v
-
-
-def _flag(d: Mapping[str, Any], key: str) -> bool:
-    """A boolean from a state dict, whether stored as bool, int or string."""
-    v = _scalar(d, key)
-    return v.strip().lower() in ("1", "true", "yes") if isinstance(v, str) else bool(v)
-
-
-def _resolve_codebook_size(cfg: QuantizerConfig, n_items: int) -> int:
-    k = cfg.codebook_size or default_codebook_size(n_items, cfg.levels)
-    if k < 1:
-        raise ValueError(f"codebook_size must be >= 1, got {k}")
-    return k
 
 
 class RQKMeansQuantizer:
@@ -188,9 +72,9 @@ class RQKMeansQuantizer:
     def fit(self, x: np.ndarray) -> Self:
         """Fit one k-means per level on (a seeded subsample of) ``x``'s residuals."""
         cfg = self.cfg
-        xt = _as_tensor(x)
+        xt = as_tensor(x)
         n = xt.shape[0]
-        self.codebook_size = _resolve_codebook_size(cfg, n)
+        self.codebook_size = resolve_codebook_size(cfg, n)
         gen = torch.Generator().manual_seed(cfg.seed)
         if 0 < cfg.kmeans_sample < n:
             idx = torch.sort(torch.randperm(n, generator=gen)[: cfg.kmeans_sample]).values
@@ -198,7 +82,7 @@ class RQKMeansQuantizer:
         else:
             res = xt.clone()
         if cfg.normalize:
-            res = _normalize(res)
+            res = normalize_rows(res)
         self.codebooks = []
         for level in range(self.levels):
             c, labels = kmeans(
@@ -228,7 +112,7 @@ class RQKMeansQuantizer:
         for start in range(0, max(n, 1), step):
             res = xt[start : start + step].clone()
             if self.cfg.normalize:
-                res = _normalize(res)
+                res = normalize_rows(res)
             for level, c in enumerate(self.codebooks):
                 if balanced:
                     labels, _ = balanced_assign(res, c, batch_size=self.cfg.batch_size)
@@ -241,19 +125,19 @@ class RQKMeansQuantizer:
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Nearest-centroid code per level → int64 [N, levels]."""
         self._check_fitted()
-        return self._encode_tensor(_as_tensor(x), balanced=False)
+        return self._encode_tensor(as_tensor(x), balanced=False)
 
     def fit_encode(self, x: np.ndarray) -> np.ndarray:
         """Fit, then return the codes of ``x`` (capacity-constrained when ``balanced``)."""
         self.fit(x)
-        return self._encode_tensor(_as_tensor(x), balanced=self.cfg.balanced)
+        return self._encode_tensor(as_tensor(x), balanced=self.cfg.balanced)
 
     def last_level_distances(self, x: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Squared distances [n, K] from the last-level residual to the last codebook."""
         self._check_fitted()
-        res = _as_tensor(x).clone()
+        res = as_tensor(x).clone()
         if self.cfg.normalize:
-            res = _normalize(res)
+            res = normalize_rows(res)
         prefix = torch.from_numpy(np.asarray(codes, dtype=np.int64))
         for level in range(self.levels - 1):
             res -= self.codebooks[level][prefix[:, level]]
@@ -278,16 +162,16 @@ class RQKMeansQuantizer:
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any]) -> Self:
         """Rebuild from :meth:`state_dict` (also after an ``np.savez`` round trip)."""
-        if _scalar(d, "method") != "rq_kmeans":
-            raise ValueError(f"not an rq_kmeans state dict: method={_scalar(d, 'method')!r}")
+        if state_scalar(d, "method") != "rq_kmeans":
+            raise ValueError(f"not an rq_kmeans state dict: method={state_scalar(d, 'method')!r}")
         cfg = QuantizerConfig(
             method="rq_kmeans",
-            levels=int(_scalar(d, "levels")),
-            codebook_size=int(_scalar(d, "codebook_size")),
-            normalize=_flag(d, "normalize"),
-            balanced=_flag(d, "balanced"),
-            batch_size=int(_scalar(d, "batch_size")),
-            seed=int(_scalar(d, "seed")),
+            levels=int(state_scalar(d, "levels")),
+            codebook_size=int(state_scalar(d, "codebook_size")),
+            normalize=state_flag(d, "normalize"),
+            balanced=state_flag(d, "balanced"),
+            batch_size=int(state_scalar(d, "batch_size")),
+            seed=int(state_scalar(d, "seed")),
         )
         q = cls(cfg)
         q.codebooks = [
@@ -302,20 +186,16 @@ def build_quantizer(name: str, cfg: QuantizerConfig) -> Quantizer:
     if name == "rq_kmeans":
         return RQKMeansQuantizer(cfg)
     if name == "rq_vae":
-        from llmrec.indexing.rqvae import RQVAEQuantizer
-
         return RQVAEQuantizer(cfg)
     raise ValueError(f"unknown quantizer {name!r}; expected 'rq_kmeans' or 'rq_vae'")
 
 
 def quantizer_from_state_dict(d: Mapping[str, Any]) -> Quantizer:
     """Rebuild whichever quantizer produced ``d`` (dispatches on ``d["method"]``)."""
-    method = _scalar(d, "method")
+    method = state_scalar(d, "method")
     if method == "rq_kmeans":
         return RQKMeansQuantizer.from_state_dict(d)
     if method == "rq_vae":
-        from llmrec.indexing.rqvae import RQVAEQuantizer
-
         return RQVAEQuantizer.from_state_dict(d)
     raise ValueError(f"unknown quantizer method {method!r} in state dict")
 

@@ -27,14 +27,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llmrec.indexing.kmeans import kmeans, nearest_centroids, sq_distances
-from llmrec.indexing.quantizers import (
+from llmrec.indexing.quantizer_base import (
     QuantizerConfig,
     StateDict,
-    _as_tensor,
-    _flag,
-    _normalize,
-    _resolve_codebook_size,
-    _scalar,
+    as_tensor,
+    normalize_rows,
+    resolve_codebook_size,
+    state_flag,
+    state_scalar,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ class RQVAEQuantizer:
             )
 
     def _prepare(self, x: np.ndarray) -> torch.Tensor:
-        xt = _as_tensor(x)
-        return _normalize(xt) if self.cfg.normalize else xt
+        xt = as_tensor(x)
+        return normalize_rows(xt) if self.cfg.normalize else xt
 
     def _kmeans_init(self, model: _RQVAE, xt: torch.Tensor, gen: torch.Generator) -> None:
         n = xt.shape[0]
@@ -144,7 +144,7 @@ class RQVAEQuantizer:
             logger.warning("rq_vae ignores balanced=True (only rq_kmeans supports it)")
         xt = self._prepare(x)
         n = xt.shape[0]
-        self.codebook_size = _resolve_codebook_size(cfg, n)
+        self.codebook_size = resolve_codebook_size(cfg, n)
         gen = torch.Generator().manual_seed(cfg.seed)
         model = self._new_model(xt.shape[1])
         if cfg.kmeans_init:
@@ -268,21 +268,21 @@ class RQVAEQuantizer:
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any]) -> Self:
         """Rebuild from :meth:`state_dict` (also after an ``np.savez`` round trip)."""
-        if _scalar(d, "method") != "rq_vae":
-            raise ValueError(f"not an rq_vae state dict: method={_scalar(d, 'method')!r}")
+        if state_scalar(d, "method") != "rq_vae":
+            raise ValueError(f"not an rq_vae state dict: method={state_scalar(d, 'method')!r}")
         cfg = QuantizerConfig(
             method="rq_vae",
-            levels=int(_scalar(d, "levels")),
-            codebook_size=int(_scalar(d, "codebook_size")),
-            latent_dim=int(_scalar(d, "latent_dim")),
+            levels=int(state_scalar(d, "levels")),
+            codebook_size=int(state_scalar(d, "codebook_size")),
+            latent_dim=int(state_scalar(d, "latent_dim")),
             hidden_dims=tuple(int(h) for h in np.asarray(d["hidden_dims"]).reshape(-1)),
-            normalize=_flag(d, "normalize"),
-            batch_size=int(_scalar(d, "batch_size")),
-            seed=int(_scalar(d, "seed")),
+            normalize=state_flag(d, "normalize"),
+            batch_size=int(state_scalar(d, "batch_size")),
+            seed=int(state_scalar(d, "seed")),
             progress=False,
         )
         q = cls(cfg)
-        model = q._new_model(int(_scalar(d, "input_dim")))
+        model = q._new_model(int(state_scalar(d, "input_dim")))
         weights = {
             k.removeprefix("model."): torch.from_numpy(np.array(v, dtype=np.float32))
             for k, v in d.items()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llmrec.constrain.trie import ItemTrie
-from llmrec.serve.beam import Search, beam_search_async, greedy_async
+from llmrec.recommend.vllm_beam import Search, beam_search_async, greedy_async
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llmrec.serve.engine import EngineConfig, default_model_dir, trie_file
+from llmrec.recommend.vllm import EngineConfig, default_model_dir, trie_file
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def build_app(cfg: ServeConfig, run: str | Path | None, model_dir: str | Path | 
 
     def make_backend() -> Backend:
         if cfg.backend == "vllm":
-            from llmrec.serve.engine import build_async_engine
+            from llmrec.recommend.vllm import build_async_engine
 
             engine_cfg = cfg.engine
             if cfg.adapters and not engine_cfg.enable_lora:

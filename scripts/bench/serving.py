@@ -105,9 +105,9 @@ def worker(args: argparse.Namespace) -> None:
     from llmrec.constrain.trie import ItemTrie
     from llmrec.indexing.sid_map import SemanticIdMap
     from llmrec.recommend.hf import HFRecommender
+    from llmrec.recommend.vllm import EngineConfig, build_async_engine, trie_file
     from llmrec.serve.app import Limits, create_app
     from llmrec.serve.backends import Backend, HFBackend, ServingCatalog, VLLMBackend
-    from llmrec.serve.engine import EngineConfig, build_async_engine, trie_file
 
     folder = Path(args.workdir)
     tokenizer = AutoTokenizer.from_pretrained(folder / "model")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -144,7 +146,6 @@ def test_window_and_gather_masking_agree(
     """The dense-table fast path gives bit-identical scores to the plain gather/scatter path,
     over mixed batches (open, finished and dead rows), -inf scores, stuck rows and bans."""
     import llmrec.constrain.dense as dense_module
-    import llmrec.constrain.trie as trie_module
 
     seqs, ids = catalog
     end = 14 if end_inside else END  # 14 lies inside the level tokens' id range
@@ -175,12 +176,8 @@ def test_window_and_gather_masking_agree(
     ban_rows = torch.from_numpy(rng.integers(0, 2, len(rows)))
     for ban in (None, banned):
         window = fast.constrain(scores, gen, ban, ban_rows if ban is not None else None)
-        saved = trie_module._DENSE
-        trie_module._DENSE = False  # force the gather/scatter path
-        try:
-            gathered = fast.constrain(scores, gen, ban, ban_rows if ban is not None else None)
-        finally:
-            trie_module._DENSE = saved
+        general = dataclasses.replace(fast, dense=False)  # the gather/scatter path
+        gathered = general.constrain(scores, gen, ban, ban_rows if ban is not None else None)
         assert torch.equal(window, gathered)
         assert torch.equal(
             csr_walk.constrain(scores, gen, ban, ban_rows if ban is not None else None), gathered
@@ -200,7 +197,6 @@ def test_window_and_gather_masking_agree(
 def test_span_masking_in_place_equals_gather_path(end: int, seed: int) -> None:
     """SID tokens with consecutive ids per level take the in-place span path: same scores as
     the gather path, also with -inf, +inf and NaN at blocked tokens and stuck rows."""
-    import llmrec.constrain.trie as trie_module
 
     rng = np.random.default_rng(seed)
     codes = {tuple(int(c) for c in rng.integers(0, 4, 3)) for _ in range(12)} | {
@@ -219,13 +215,9 @@ def test_span_masking_in_place_equals_gather_path(end: int, seed: int) -> None:
     scores = torch.from_numpy(rng.normal(size=(len(rows), 128)).astype(np.float32))
     scores[torch.from_numpy(rng.random((len(rows), 128)) < 0.2)] = float("-inf")
     scores[0] = float("-inf")  # a stuck row
-    saved = trie_module._DENSE
-    trie_module._DENSE = False
-    try:
-        allowed = torch.isfinite(trie.constrain(torch.zeros_like(scores), gen))
-        expected = trie.constrain(scores, gen)
-    finally:
-        trie_module._DENSE = saved
+    general = dataclasses.replace(trie, dense=False)
+    allowed = torch.isfinite(general.constrain(torch.zeros_like(scores), gen))
+    expected = general.constrain(scores, gen)
     # +inf and NaN only where the trie forbids: they must end up -inf like any other.
     blocked = ~allowed & (torch.from_numpy(rng.random(allowed.shape)) < 0.1)
     scores[blocked] = torch.where(torch.rand(int(blocked.sum())) < 0.5, float("inf"), float("nan"))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from llmrec.constrain.trie import ItemTrie
-from tests.serve.conftest import TextPrompts, random_catalog
+from tests.vllm_fixtures import TextPrompts, random_catalog
 
 pytest.importorskip("vllm")
 pytest.importorskip("fastapi")
@@ -22,9 +22,9 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 def client(tiny_dir: tuple[Path, Any], adapters: dict[str, Path]) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
+    from llmrec.recommend.vllm import EngineConfig, build_async_engine, trie_file
     from llmrec.serve.app import Limits, create_app
     from llmrec.serve.backends import ServingCatalog, VLLMBackend
-    from llmrec.serve.engine import EngineConfig, build_async_engine, trie_file
     from llmrec.serve.server import lora_requests
 
     tokenizer = tiny_dir[1]
@@ -116,7 +116,7 @@ def test_concurrent_requests(client: Any) -> None:
 
 
 def test_greedy_is_a_beam_of_one(client: Any, llm: Any, tiny_dir: tuple[Path, Any]) -> None:
-    from llmrec.serve.engine import VLLMRecommender
+    from llmrec.recommend.vllm import VLLMRecommender
 
     items = client.items
     rec = VLLMRecommender(llm, client.prompts, client.trie)

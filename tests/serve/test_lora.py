@@ -13,9 +13,9 @@ import torch
 
 from llmrec.constrain.trie import ItemTrie
 from llmrec.recommend.hf import HFRecommender
-from llmrec.serve.engine import VLLMRecommender
+from llmrec.recommend.vllm import VLLMRecommender
 from llmrec.serve.server import check_adapter
-from tests.serve.conftest import TextPrompts, random_catalog
+from tests.vllm_fixtures import TextPrompts, random_catalog
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

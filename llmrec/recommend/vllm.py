@@ -3,7 +3,7 @@
 One engine serves everything: the trie processor is installed once and turned on per request,
 prefix caching shares each user's prompt between beam steps, and logprobs come back as the
 constrained raw log-probabilities (``logprobs_mode="processed_logits"``; see
-``llmrec.serve.processor``). With ``enable_lora`` the same engine serves many LoRA adapters.
+``llmrec.constrain.vllm``). With ``enable_lora`` the same engine serves many LoRA adapters.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 
 from llmrec.constrain.trie import ItemTrie
+from llmrec.constrain.vllm import save_trie
 from llmrec.recommend.base import pad_rows
 from llmrec.recommend.prompting import PromptBuilder
-from llmrec.serve.beam import Search, beam_search
-from llmrec.serve.processor import save_trie
+from llmrec.recommend.vllm_beam import Search, beam_search
 
 logger = logging.getLogger(__name__)
 
-PROCESSOR = "llmrec.serve.processor:TrieLogitsProcessor"
+PROCESSOR = "llmrec.constrain.vllm:TrieLogitsProcessor"
 
 
 @dataclass

@@ -4,7 +4,7 @@ vLLM's own ``LLM.beam_search`` skips per-request logits processors, so the searc
 here, one trie level per engine call: every live beam is a request whose prompt is the user's
 prompt followed by the beam's item tokens so far (prefix caching makes that prompt nearly free),
 asking for one token with ``width`` logprobs. The trie processor masks the distribution and
-writes raw log-probabilities (see ``llmrec.serve.processor``), so with
+writes raw log-probabilities (see ``llmrec.constrain.vllm``), so with
 ``logprobs_mode="processed_logits"`` the returned top tokens are the best *allowed* continuations
 with HF's scores. The bookkeeping (``expand``) is a pure function shared by the synchronous
 driver (``LLM``: evaluation, tests) and the asynchronous one (``AsyncLLM``: the HTTP server).
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmrec.constrain.trie import ItemTrie
-from llmrec.serve.processor import constraint_args
+from llmrec.constrain.vllm import constraint_args
 
 _request_ids = itertools.count()
 

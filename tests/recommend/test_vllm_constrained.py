@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from llmrec.constrain.trie import ItemTrie
+from llmrec.constrain.vllm import constraint_args
 from llmrec.recommend.hf import HFRecommender
-from llmrec.serve.engine import VLLMRecommender, trie_file
-from llmrec.serve.processor import constraint_args
-from tests.serve.conftest import TextPrompts, random_catalog
+from llmrec.recommend.vllm import VLLMRecommender, trie_file
+from tests.vllm_fixtures import TextPrompts, random_catalog
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
