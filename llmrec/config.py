@@ -18,10 +18,12 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from llmrec.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override does not fit the config's schema."""
 
 

@@ -23,13 +23,15 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
+from llmrec.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_EVENT_COLUMNS = ("rating", "review")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Input data is malformed; the message names the file, line (or row) and field."""
 
 
