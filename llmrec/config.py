@@ -95,15 +95,32 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# A config section may declare one ``dict[str, Any]`` field with ``metadata={PASSTHROUGH: True}``:
+# every key of the section that is not one of its own fields lands there (e.g. the training
+# section's TRL arguments), and ``to_dict`` writes those keys back at the section's level. The
+# code that consumes the field validates the keys against their real owner (TRL's config).
+PASSTHROUGH = "passthrough"
+
+
+def passthrough_field(cls: Any) -> str | None:
+    """The name of ``cls``'s passthrough field, if it has one."""
+    names = [f.name for f in dataclasses.fields(cls) if f.metadata.get(PASSTHROUGH)]
+    return names[0] if names else None
+
+
 def _from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
-    if unknown:
+    extra = passthrough_field(cls)
+    if unknown and extra is None:
         raise ConfigError(
             f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(names))}"
         )
+    data = dict(data)
+    if extra is not None:
+        data[extra] = {**(data.get(extra) or {}), **{k: data.pop(k) for k in unknown}}
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -118,7 +135,11 @@ def to_dict(config: Any) -> dict[str, Any]:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            extra = passthrough_field(v)
+            out = {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            if extra is not None:
+                out.update(out.pop(extra))
+            return out
         if isinstance(v, list | tuple):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -213,14 +234,18 @@ def dump_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
 
 
-def iter_help(cls: type, prefix: str = "") -> Iterator[tuple[str, str, str]]:
+def iter_help(cls: type, prefix: str = "", instance: Any = None) -> Iterator[tuple[str, str, str]]:
     """Yield ``(dotted key, default, help)`` for every leaf field of a config dataclass."""
-    instance = cls()
+    instance = cls() if instance is None else instance
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[f.name]
         key = f"{prefix}{f.name}"
-        if _is_dataclass_type(hint):
-            yield from iter_help(hint, key + ".")
-            continue
         default = getattr(instance, f.name)
-        yield key, json.dumps(default, default=str), str(f.metadata.get("help", ""))
+        if _is_dataclass_type(hints[f.name]):
+            yield from iter_help(hints[f.name], key + ".", default)
+        elif f.metadata.get(PASSTHROUGH):
+            for name, value in default.items():
+                yield f"{prefix}{name}", json.dumps(value, default=str), "(passed through)"
+            yield f"{prefix}<any other>", "", str(f.metadata.get("help", ""))
+        else:
+            yield key, json.dumps(default, default=str), str(f.metadata.get("help", ""))

@@ -47,3 +47,7 @@ class MissingExtraError(UserError):
         )
         self.module = module
         self.extra = extra
+
+
+class MissingStageError(UserError, FileNotFoundError):
+    """A stage the command reads has not been run (or did not finish) in this run directory."""

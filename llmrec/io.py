@@ -9,6 +9,7 @@ finished and a finished stage whose config hash matches can be skipped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from llmrec.errors import MissingStageError
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ class StageDir:
         """Return the stage folder, or fail naming the command that makes it."""
         if not self.is_done():
             hint = f" Run `{what}` first." if what else ""
-            raise FileNotFoundError(f"{self.path} is missing or incomplete.{hint}")
+            raise MissingStageError(f"{self.path} is missing or incomplete.{hint}")
         return self.path
 
     def build(
@@ -154,3 +157,50 @@ class StageDir:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return True
+
+
+FINGERPRINT_CACHE = ".fingerprints.json"
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint_files(paths: list[Path], cache: Path | None = None) -> dict[str, str]:
+    """Content hash of each file (a folder: of each file inside it, by name), by path.
+
+    Hashing is skipped for a file whose size and modification time match the entry ``cache``
+    (a JSON file) holds for it: touching a file costs one hash, an unchanged file none, and the
+    result depends on content only.
+    """
+    known: dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            known = json.loads(cache.read_text(encoding="utf-8"))
+    out: dict[str, str] = {}
+    changed = False
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        else:
+            files.append(path)
+    for path in files:
+        stat = path.stat()
+        name = str(path.resolve())
+        entry = known.get(name)
+        if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime_ns:
+            out[name] = entry["sha256"]
+            continue
+        out[name] = file_digest(path)
+        known[name] = {"size": stat.st_size, "mtime": stat.st_mtime_ns, "sha256": out[name]}
+        changed = True
+    if cache is not None and changed:
+        with contextlib.suppress(OSError):  # a read-only run folder only loses the shortcut
+            write_json_atomic(cache, known)
+    return out

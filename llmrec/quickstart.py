@@ -61,10 +61,14 @@ def load_plan(path: Path | None = None, overrides: Sequence[str] = ()) -> dict[s
         "sft": SFTStageConfig,
         "eval": EvalStageConfig,
     }
-    return {
+    plan: dict[str, Any] = {
         s: build_config(cls, raw.get(s) or {}, per_stage[s], f" (from {path}, {s}:)")
         for s, cls in classes.items()
     }
+    from llmrec.train.sft import check_config
+
+    check_config(plan["sft"])  # before minutes of earlier stages, not after
+    return plan
 
 
 def run_quickstart(
@@ -77,13 +81,14 @@ def run_quickstart(
     """Run every stage into ``run`` and report as it goes; returns the evaluation rows."""
     from llmrec.data.prepare import prepare_data, summary
     from llmrec.eval.report import results_table
-    from llmrec.eval.stage import llm_for_run, run_eval, top_items_for_user
+    from llmrec.eval.stage import run_eval, top_items_for_user
     from llmrec.indexing.build import build_index, format_report
     from llmrec.indexing.sid_map import SemanticIdMap
     from llmrec.instruct.build import build_instruct
     from llmrec.instruct.build import format_summary as instruct_summary
-    from llmrec.train.sft import format_summary as sft_summary
+    from llmrec.recommend.loading import load
     from llmrec.train.sft import train_sft
+    from llmrec.train.stage import format_summary as sft_summary
 
     run = Path(run)
     plan = load_plan(recipe, overrides)
@@ -112,7 +117,8 @@ def run_quickstart(
     say(results_table(rows, k))
     say(f"plot: {run}/eval/plot.png")
     stage(6, "a test user's top-10 from the trained model (seen items excluded)")
-    rec, _ = llm_for_run(run, plan["eval"])
+    ecfg = plan["eval"]
+    rec = load(run, "sft", mode=ecfg.llm_mode, num_beams=ecfg.num_beams, batch_size=ecfg.batch_size)
     say(top_items_for_user(run, rec))
     say(f"\ndone in {time.perf_counter() - start:.0f} s; rerun to skip every finished stage")
     return rows

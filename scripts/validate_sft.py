@@ -10,15 +10,16 @@ constrained validation metrics above the untrained model's.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from llmrec.eval.validation import make_validation_fn
+from llmrec.io import write_json_atomic
+from llmrec.recommend.loading import load_model
 from llmrec.tokens import build_tiny_model
-from llmrec.train.export import load_sft_model
+from llmrec.train.config import ValidationSection
+from llmrec.train.validation import make_validation_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model, tokenizer = load_sft_model(Path(args.run) / "sft")
+    model, tokenizer = load_model(args.run, "sft")
     cfg = model.config
     untrained = build_tiny_model(
         tokenizer,
@@ -42,7 +43,8 @@ def main() -> None:
     )
     rows = []
     for mode in ("beam", "exact"):
-        validate = make_validation_fn(args.run, max_users=args.users, mode=mode, num_beams=20)
+        section = ValidationSection(users=args.users, mode=mode)  # type: ignore[arg-type]
+        validate = make_validation_fn(args.run, section)
         for name, m in (("untrained", untrained), ("trained", model)):
             start = time.perf_counter()
             metrics = validate(m.eval(), tokenizer)
@@ -56,9 +58,7 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     out = ROOT / "benchmarks" / "results" / "validate_sft.json"
-    out.write_text(
-        json.dumps({"run": str(args.run), "users": args.users, "rows": rows}, indent=2) + "\n"
-    )
+    write_json_atomic(out, {"run": str(args.run), "users": args.users, "rows": rows})
     print(f"wrote {out.relative_to(ROOT)}")
 
 

@@ -26,7 +26,7 @@ FAST = [
 def test_plan_reads_each_stage_from_the_recipe() -> None:
     plan = load_plan(overrides=["sft.training.max_steps=7", "instruct.max_history=5"])
     assert (recipes_dir() / "quickstart.yaml").exists()
-    assert plan["sft"].training.max_steps == 7 and plan["instruct"].max_history == 5
+    assert plan["sft"].training.trl["max_steps"] == 7 and plan["instruct"].max_history == 5
     assert plan["instruct"].tasks == {"seqrec_lm": 1.0} and not plan["sft"].completion_only_loss
     assert plan["eval"].models == ["llm", "pop", "sasrec"]
     with pytest.raises(ConfigError, match="<stage>"):

@@ -14,7 +14,7 @@ from typing import Literal
 
 import pandas as pd
 
-from llmrec.config import config_hash, dump_yaml
+from llmrec.config import dump_yaml
 from llmrec.data.amazon import load_amazon
 from llmrec.data.atomic import load_atomic
 from llmrec.data.filters import FilterConfig, apply_filters
@@ -22,7 +22,8 @@ from llmrec.data.movielens import load_ml1m, load_ml100k_grouplens, load_ml100k_
 from llmrec.data.schema import DataError, Interactions, Source
 from llmrec.data.split import Split, SplitConfig, make_split
 from llmrec.data.stats import dataset_stats, format_stats
-from llmrec.io import StageDir, write_json_atomic, write_parquet
+from llmrec.io import write_json_atomic, write_parquet
+from llmrec.run import CONFIG, DATA, EVENTS, ITEMS, SPLIT, STATS, RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,16 @@ def load_dataset(cfg: DatasetConfig) -> Interactions:
     raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
+def dataset_inputs(cfg: DatasetConfig) -> list[Path]:
+    """The files a dataset is read from (their content enters the data stage's key)."""
+    paths = [Path(p) for p in (cfg.path, cfg.item_path) if p]
+    if cfg.name == "atomic" and cfg.path and not cfg.item_path:
+        beside = Path(cfg.path).with_suffix(".item")
+        paths += [beside] if beside.exists() else []
+    # The default ML-100K comes from a wheel pinned by name and SHA-256: nothing to hash.
+    return [p for p in paths if p.exists()]
+
+
 @dataclass(frozen=True)
 class PreparedData:
     """What the data stage leaves in ``<run>/data/``, loaded."""
@@ -148,10 +159,11 @@ class PreparedData:
         """Open a finished data stage."""
         import json
 
-        folder = StageDir(Path(run), "data").require("llmrec data prepare --run " + str(run))
-        stats = json.loads((folder / "stats.json").read_text())
-        items = pd.read_parquet(folder / "items.parquet")
-        return cls(folder, Split.load(folder / "split.parquet"), items, stats)
+        layout = RunLayout.of(run)
+        folder = layout.stage(DATA).require(f"llmrec data prepare --run {layout.root}")
+        stats = json.loads((folder / STATS).read_text())
+        items = pd.read_parquet(layout.items_file)
+        return cls(folder, Split.load(layout.split_file), items, stats)
 
 
 def build_data(
@@ -167,19 +179,20 @@ def build_data(
 
 def prepare_data(cfg: DataConfig, run: str | Path, force: bool = False) -> PreparedData:
     """Run the data stage into ``<run>/data/`` (skipped when done with the same config)."""
-    stage = StageDir(Path(run), "data")
+    layout = RunLayout.of(run)
+    stage = layout.stage(DATA)
 
     def fill(tmp: Path) -> dict:
         data = load_dataset(cfg.dataset)
         events, items, split, stats = build_data(data, cfg)
-        write_parquet(tmp / "items.parquet", items)
-        write_parquet(tmp / "events.parquet", events)
-        split.save(tmp / "split.parquet")
-        write_json_atomic(tmp / "stats.json", stats)
-        (tmp / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        write_parquet(tmp / ITEMS, items)
+        write_parquet(tmp / EVENTS, events)
+        split.save(tmp / SPLIT)
+        write_json_atomic(tmp / STATS, stats)
+        (tmp / CONFIG).write_text(dump_yaml(cfg), encoding="utf-8")
         return {"sources": list(data.sources)}
 
-    stage.build(config_hash(cfg), fill, force=force)
+    stage.build(layout.stage_key(cfg, files=dataset_inputs(cfg.dataset)), fill, force=force)
     prepared = PreparedData.load(run)
     logger.debug("data stage ready at %s", prepared.path)
     return prepared

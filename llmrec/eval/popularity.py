@@ -8,6 +8,7 @@ import numpy as np
 
 from llmrec.data.split import Split
 from llmrec.eval.metrics import top_k
+from llmrec.recommend.base import Users
 
 
 class PopRecommender:
@@ -28,6 +29,7 @@ class PopRecommender:
         histories: Sequence[Sequence[str]],
         k: int,
         exclude: Sequence[Collection[str]] | None = None,
+        users: Users | None = None,
     ) -> tuple[list[list[str]], np.ndarray]:
         """Top-k popular items per user, minus the excluded ones."""
         scores = np.tile(self.scores, (len(histories), 1))

@@ -38,14 +38,18 @@ class EvalConfig:
 
     ks: list[int] = field(default_factory=lambda: [5, 10, 20], metadata={"help": "cutoffs K"})
     part: Part = field(default="test", metadata={"help": "valid or test cases"})
-    exclude_seen: bool = field(
-        default=False, metadata={"help": "never recommend items from the user's history"}
-    )
     max_users: int | None = field(
         default=None, metadata={"help": "evaluate a seeded sample of this many cases"}
     )
     bootstrap: int = field(default=1000, metadata={"help": "resamples for the 95% CIs (0: off)"})
-    seed: int = field(default=0, metadata={"help": "case sampling and bootstrap"})
+    seed: int = field(default=0, metadata={"help": "case sampling, candidates and bootstrap"})
+    candidates: int | None = field(
+        default=None,
+        metadata={
+            "help": "rank a list of this many candidates per case (the target plus items the "
+            "user never interacted with, seeded) instead of the full catalog (None)"
+        },
+    )
 
 
 @dataclass
@@ -97,27 +101,65 @@ def sample_cases(cases: pd.DataFrame, max_users: int | None, seed: int) -> pd.Da
     return cases.iloc[keep].reset_index(drop=True)
 
 
+def candidate_lists(
+    histories: Sequence[Sequence[str]],
+    targets: Sequence[str],
+    catalog: Sequence[str],
+    n: int,
+    seed: int,
+) -> list[list[str]]:
+    """Per case: the target and ``n - 1`` items sampled (seeded) from those the user never
+    interacted with, in a seeded random order."""
+    if n < 2:
+        raise ValueError(f"candidates must be at least 2 (the target and one other), got {n}")
+    pool = np.asarray(sorted(catalog))
+    rng = np.random.default_rng(seed)
+    out = []
+    for history, target in zip(histories, targets, strict=True):
+        seen = set(history) | {target}
+        allowed = pool[~np.isin(pool, list(seen))]
+        picked = rng.choice(allowed, size=min(n - 1, len(allowed)), replace=False).tolist()
+        row = [target, *picked]
+        rng.shuffle(row)
+        out.append([str(i) for i in row])
+    return out
+
+
 def evaluate(
     recommender: Recommender,
     split: Split,
     config: EvalConfig | None = None,
     name: str | None = None,
     catalog: Sequence[str] | None = None,
+    exclude_seen: bool = False,
 ) -> EvalResult:
-    """Evaluate any ``Recommender`` on a split's held-out cases."""
+    """Evaluate any ``Recommender`` on a split's held-out cases.
+
+    ``exclude_seen`` forbids the items of each history. With ``config.candidates`` every other
+    item outside the case's candidate list is excluded too, so any recommender ranks just
+    the candidates.
+    """
     cfg = config or EvalConfig()
     cases = sample_cases(split.cases(cfg.part), cfg.max_users, cfg.seed)
     histories = [list(h) for h in cases["history"]]
-    exclude = [set(h) for h in histories] if cfg.exclude_seen else None
-    k_max = max(cfg.ks)
-    start = time.perf_counter()
-    recommended, _ = recommender.recommend(histories, k_max, exclude)
-    seconds = time.perf_counter() - start
     targets = cases["target"].astype(str).tolist()
-    ranks = ranks_from_lists(recommended, targets)
     if catalog is None:
         catalog = sorted({i for seq in split.table["train_items"] for i in seq} | set(targets))
     catalog_set = set(catalog)
+    exclude: list[set[str]] | None = [set(h) for h in histories] if exclude_seen else None
+    if cfg.candidates is not None:
+        lists = candidate_lists(histories, targets, catalog, cfg.candidates, cfg.seed)
+        exclude = [
+            (catalog_set - set(c)) | (set(h) if exclude_seen else set())
+            for c, h in zip(lists, histories, strict=True)
+        ]
+    k_max = min(max(cfg.ks), cfg.candidates or max(cfg.ks))
+    users = cases["user_id"].astype(str).tolist()
+    start = time.perf_counter()
+    recommended, _ = recommender.recommend(histories, k_max, exclude, users)
+    seconds = time.perf_counter() - start
+    recommended = [row + [""] * (max(cfg.ks) - len(row)) for row in recommended]
+    ranks = ranks_from_lists(recommended, targets)
     pop = popularity(split)
     per_user = pd.DataFrame(
         {"user_id": cases["user_id"].astype(str), "target": targets, "rank": ranks}
@@ -136,7 +178,8 @@ def evaluate(
         metrics[f"popularity@{k}"] = mean_popularity(recommended, k, pop)
     settings = {
         "part": cfg.part,
-        "exclude_seen": cfg.exclude_seen,
+        "exclude_seen": exclude_seen,
+        "candidates": cfg.candidates,
         "ks": list(cfg.ks),
         "n_cases": len(cases),
         "max_users": cfg.max_users,

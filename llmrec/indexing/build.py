@@ -39,7 +39,8 @@ from llmrec.indexing.quantizers import (
 from llmrec.indexing.sid_map import DEFAULT_PREFIXES, DEFAULT_TOKEN_FORMAT, SemanticIdMap
 from llmrec.indexing.store import save_quantizer
 from llmrec.indexing.text import item_texts
-from llmrec.io import StageDir, write_json_atomic
+from llmrec.io import write_json_atomic
+from llmrec.run import CONFIG, DATA, ITEM_TEXT, SID_MAP, SIDS, RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -207,23 +208,22 @@ def format_report(diagnostics: dict[str, Any]) -> str:
 
 def build_index(cfg: IndexConfig, run: str | Path, force: bool = False) -> Path:
     """Run the indexing stage into ``<run>/sids/`` (skipped when done with the same config)."""
-    run = Path(run)
-    prepared = PreparedData.load(run)
-    data_marker = StageDir(run, "data").done_info() or {}
-    stage = StageDir(run, "sids")
-    # The data stage's hash is part of ours: new data means new SIDs.
-    key = config_hash({"index": dataclasses.asdict(cfg), "data": data_marker.get("config_hash")})
+    layout = RunLayout.of(run)
+    prepared = PreparedData.load(layout.root)
+    stage = layout.stage(SIDS)
+    # The data stage's key is part of ours: new data means new SIDs.
+    key = layout.stage_key(cfg, upstream=[DATA])
 
     def fill(tmp: Path) -> dict[str, Any]:
         result = build_sid_map(prepared, cfg)
-        result.sid_map.save(tmp / "sid_map.json")
+        result.sid_map.save(tmp / SID_MAP)
         write_json_atomic(tmp / "diagnostics.json", result.diagnostics)
         if result.quantizer is not None:
             save_quantizer(tmp / "quantizer.safetensors", result.quantizer)
-        with open(tmp / "item_text.jsonl", "w", encoding="utf-8") as fh:
+        with open(tmp / ITEM_TEXT, "w", encoding="utf-8") as fh:
             for item, text in zip(result.sid_map.item_ids, result.texts, strict=True):
                 fh.write(json.dumps({"item_id": item, "text": text}, ensure_ascii=False) + "\n")
-        (tmp / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        (tmp / CONFIG).write_text(dump_yaml(cfg), encoding="utf-8")
         return {"content_hash": result.sid_map.content_hash}
 
     stage.build(key, fill, force=force)

@@ -20,7 +20,7 @@ from llmrec.indexing.quantizers import Quantizer
 from llmrec.indexing.sid_map import SemanticIdError, SemanticIdMap
 from llmrec.indexing.store import load_quantizer
 from llmrec.indexing.text import item_texts
-from llmrec.io import StageDir
+from llmrec.run import CONFIG, SIDS, RunLayout
 
 
 def add_items(
@@ -32,8 +32,9 @@ def add_items(
     are given, for precomputed embeddings), then encoded by its saved quantizer. Returns the
     grown map; the run's files are left as they are.
     """
-    folder = StageDir(Path(run), "sids").require(f"llmrec index build --run {run}")
-    cfg = load_config(IndexConfig, folder / "config.yaml")
+    layout = RunLayout.of(run)
+    folder = layout.stage(SIDS).require(f"llmrec index build --run {layout.root}")
+    cfg = load_config(IndexConfig, folder / CONFIG)
     if cfg.method not in ("rq_kmeans", "rq_vae"):
         raise SemanticIdError(f"method {cfg.method!r} does not derive SIDs from item text")
     if vectors is None:
@@ -41,7 +42,7 @@ def add_items(
         vectors = embed_texts(texts, cfg.embedding, cache_dir() / "embeddings")
     else:
         vectors = finish_vectors(vectors, cfg.embedding)
-    sid_map = SemanticIdMap.load(folder / "sid_map.json")
+    sid_map = SemanticIdMap.load(layout.sid_map_file)
     quantizer = load_quantizer(folder / "quantizer.safetensors")
     return assign_new_items(sid_map, quantizer, items["item_id"].astype(str).tolist(), vectors)
 

@@ -13,16 +13,17 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from llmrec.config import config_hash, dump_yaml
+from llmrec.config import dump_yaml
 from llmrec.data.prepare import PreparedData
 from llmrec.indexing.sid_map import SemanticIdMap
+from llmrec.instruct.prompt import PromptFormat
 from llmrec.instruct.tasks import (
     Catalog,
     Example,
@@ -34,7 +35,8 @@ from llmrec.instruct.tasks import (
     training_windows,
 )
 from llmrec.instruct.templates import load_templates
-from llmrec.io import StageDir, write_json_atomic
+from llmrec.io import write_json_atomic
+from llmrec.run import CONFIG, COUNTS, DATA, EVENTS, INSTRUCT, SIDS, TOKENIZER, RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def render_examples(
             out["train"] += render_item_task(template, catalog, sids, weight, rng)
         else:
             if events is None:
-                events = pd.read_parquet(prepared.path / "events.parquet")
+                events = pd.read_parquet(prepared.path / EVENTS)
             reviews = training_reviews(events, split)
             if len(reviews) == 0:
                 logger.info("task %s skipped: the data has no review text", task)
@@ -128,24 +130,27 @@ def render_examples(
     return out
 
 
-def _rows(examples: list[Example], conversational: bool, system: str | None) -> dict[str, list]:
-    def prompt(text: str) -> Any:
-        if not conversational:
-            return text
-        messages = [{"role": "system", "content": system}] if system else []
-        return messages + [{"role": "user", "content": text}]
-
+def _rows(examples: list[Example], fmt: PromptFormat) -> dict[str, list]:
     return {
-        "prompt": [prompt(e.prompt) for e in examples],
-        "completion": [
-            [{"role": "assistant", "content": e.completion}] if conversational else e.completion
-            for e in examples
-        ],
+        "prompt": [fmt.prompt(e.prompt) for e in examples],
+        "completion": [fmt.completion(e.completion) for e in examples],
         "task": [e.task for e in examples],
         "user_id": [e.user_id for e in examples],
         "history": [list(e.history) for e in examples],
         "target_item": [e.target_item for e in examples],
     }
+
+
+def prompt_format(folder: Path, cfg: InstructConfig) -> PromptFormat:
+    """The prompt format a finished instruct stage used (from its ``counts.json``)."""
+    info = json.loads((folder / COUNTS).read_text(encoding="utf-8"))
+    return PromptFormat(info["format"] == "conversational", cfg.system_prompt)
+
+
+def load_item_texts(path: Path) -> dict[str, str]:
+    """Item id → the text the index stage embedded (``item_text.jsonl``)."""
+    with path.open(encoding="utf-8") as lines:
+        return {row["item_id"]: row["text"] for row in map(json.loads, lines)}
 
 
 def load_tokenizer(cfg: InstructConfig, corpus: list[str]) -> Any:
@@ -165,19 +170,15 @@ def build_instruct(cfg: InstructConfig, run: str | Path, force: bool = False) ->
 
     from llmrec.tokens import add_sid_tokens, require_sid_roundtrip
 
-    run = Path(run)
-    prepared = PreparedData.load(run)
-    sids_dir = StageDir(run, "sids").require(f"llmrec index build --run {run}")
-    stage = StageDir(run, "instruct")
-    upstream = (StageDir(run, "sids").done_info() or {}).get("config_hash")
-    key = config_hash({"instruct": asdict(cfg), "sids": upstream})
+    layout = RunLayout.of(run)
+    prepared = PreparedData.load(layout.root)
+    layout.stage(SIDS).require(f"llmrec index build --run {layout.root}")
+    stage = layout.stage(INSTRUCT)
+    key = layout.stage_key(cfg, upstream=[DATA, SIDS])
 
     def fill(tmp: Path) -> dict[str, Any]:
-        sid_map = SemanticIdMap.load(sids_dir / "sid_map.json")
-        texts_by_item = {
-            json.loads(line)["item_id"]: json.loads(line)["text"]
-            for line in (sids_dir / "item_text.jsonl").open(encoding="utf-8")
-        }
+        sid_map = SemanticIdMap.load(layout.sid_map_file)
+        texts_by_item = load_item_texts(layout.item_text_file)
         items = prepared.items[prepared.items["item_id"].isin(set(sid_map.item_ids))]
         texts = [texts_by_item[i] for i in items["item_id"].astype(str)]
         examples = render_examples(prepared, sid_map, texts, cfg)
@@ -186,25 +187,24 @@ def build_instruct(cfg: InstructConfig, run: str | Path, force: bool = False) ->
         tokenizer = load_tokenizer(cfg, corpus)
         add_sid_tokens(tokenizer, sid_map)
         report = require_sid_roundtrip(tokenizer, sid_map)
-        conversational = cfg.format == "conversational" or (
-            cfg.format == "auto" and bool(getattr(tokenizer, "chat_template", None))
+        fmt = PromptFormat(
+            cfg.format == "conversational"
+            or (cfg.format == "auto" and bool(getattr(tokenizer, "chat_template", None))),
+            cfg.system_prompt,
         )
         dataset = DatasetDict(
-            {
-                name: Dataset.from_dict(_rows(examples[name], conversational, cfg.system_prompt))
-                for name in SPLITS
-            }
+            {name: Dataset.from_dict(_rows(examples[name], fmt)) for name in SPLITS}
         )
         dataset.save_to_disk(str(tmp))
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        tokenizer.save_pretrained(str(tmp / TOKENIZER))
         counts = {
             name: dict(sorted(Counter(e.task for e in examples[name]).items())) for name in SPLITS
         }
         write_json_atomic(
-            tmp / "counts.json",
+            tmp / COUNTS,
             {
                 "counts": counts,
-                "format": "conversational" if conversational else "prompt_completion",
+                "format": "conversational" if fmt.conversational else "prompt_completion",
                 "roundtrip": {"items": report.n_items, "ok": report.ok},
                 "examples": {
                     e.task: {"prompt": e.prompt, "completion": e.completion}
@@ -212,7 +212,7 @@ def build_instruct(cfg: InstructConfig, run: str | Path, force: bool = False) ->
                 },
             },
         )
-        (tmp / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        (tmp / CONFIG).write_text(dump_yaml(cfg), encoding="utf-8")
         return {}
 
     stage.build(key, fill, force=force)
@@ -221,7 +221,7 @@ def build_instruct(cfg: InstructConfig, run: str | Path, force: bool = False) ->
 
 def format_summary(folder: Path) -> str:
     """Counts per split and task, the SID round trip, and one rendered example per task."""
-    info = json.loads((folder / "counts.json").read_text())
+    info = json.loads((folder / COUNTS).read_text())
     lines = [f"format: {info['format']}"]
     for split, counts in info["counts"].items():
         total = sum(counts.values())

@@ -13,9 +13,11 @@ end token included):
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -24,13 +26,22 @@ from tqdm.auto import tqdm
 
 from llmrec.constrain.hf import constrained_generate_kwargs
 from llmrec.constrain.trie import ItemTrie
-from llmrec.recommend.base import pad_rows
-from llmrec.recommend.prompting import PromptBuilder
+from llmrec.recommend.base import DEFAULT_BEAMS, Users, beam_width, pad_rows
+from llmrec.recommend.prompting import PromptBuilder, RunDecoding
 
 logger = logging.getLogger(__name__)
 
 # HF beam search starts all beams but the first at -1e9; no real log-probability gets near it.
 _HF_PLACEHOLDER = -1e8
+
+
+def _cache_kwargs(model: Any, out: Any) -> dict[str, Any]:
+    """The prompt's KV cache as the model's forward takes it: ``cache`` since transformers 5.2x
+    (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+    if "cache" in inspect.signature(model.forward).parameters:
+        cache = out.get("cache")
+        return {"cache": cache if cache is not None else out.past_key_values}
+    return {"past_key_values": out.past_key_values}
 
 
 @dataclass
@@ -41,22 +52,22 @@ class HFRecommender:
     prompts: PromptBuilder
     trie: ItemTrie
     mode: Literal["beam", "exact"] = "beam"
-    num_beams: int = 20
+    num_beams: int = DEFAULT_BEAMS
     batch_size: int = 8
     exact_memory_mb: int = 256  # exact mode: logits held per forward pass
     progress: bool = False
 
     @classmethod
     def from_run(
-        cls, run: Any, model: Any, tokenizer: Any | None = None, **kwargs: Any
+        cls, run: str | Path, model: Any, tokenizer: Any | None = None, **kwargs: Any
     ) -> HFRecommender:
-        """Prompts, SID map and trie of a run's instruct stage, around ``model``."""
-        from llmrec.indexing.sid_map import SemanticIdMap
+        """Prompts and trie of a run (``RunDecoding``), around ``model``."""
+        decoding = RunDecoding.load(run, tokenizer)
+        return cls(model, decoding.prompts, decoding.trie, **kwargs)
 
-        prompts = PromptBuilder.from_run(run, tokenizer)
-        sid_map = SemanticIdMap.load(f"{run}/sids/sid_map.json")
-        trie = ItemTrie.from_sid_map(sid_map, prompts.tokenizer, prompts.end_token_id)
-        return cls(model, prompts, trie, **kwargs)
+    def with_beams(self, num_beams: int) -> HFRecommender:
+        """This recommender searching with another beam width (same model, prompts, trie)."""
+        return self if num_beams == self.num_beams else replace(self, num_beams=num_beams)
 
     @property
     def device(self) -> torch.device:
@@ -216,8 +227,8 @@ class HFRecommender:
                 input_ids=tokens,
                 attention_mask=additive,
                 position_ids=pos,
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **_cache_kwargs(self.model, out),
             ).logits
             node_logp = torch.log_softmax(logits.float(), dim=-1)  # [users, open nodes, V]
         n_nodes = trie.node_item.numel()
@@ -248,6 +259,7 @@ class HFRecommender:
         histories: Sequence[Sequence[str]],
         k: int,
         exclude: Sequence[Collection[str]] | None = None,
+        users: Users | None = None,
     ) -> tuple[list[list[str]], np.ndarray]:
         """Top-k catalog items per history (see ``Recommender``)."""
         items_out: list[list[str]] = []
@@ -273,7 +285,7 @@ class HFRecommender:
                     for vals, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True)
                 ]
             else:
-                width = min(max(self.num_beams, k), len(self.trie.item_ids))
+                width = beam_width(self.num_beams, k, len(self.trie.item_ids))
                 ranked = [r[:k] for r in self.score_beam(batch, width, skip)]
             items_out += [[i for i, _ in r] for r in ranked]
             scores_out += [[v for _, v in r] for r in ranked]

@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ import numpy as np
 
 from llmrec.constrain.trie import ItemTrie
 from llmrec.constrain.vllm import save_trie
-from llmrec.recommend.base import pad_rows
-from llmrec.recommend.prompting import PromptBuilder
+from llmrec.recommend.base import DEFAULT_BEAMS, Users, beam_width, pad_rows
+from llmrec.recommend.prompting import PromptBuilder, RunDecoding
 from llmrec.recommend.vllm_beam import Search, beam_search
 
 logger = logging.getLogger(__name__)
@@ -116,19 +116,6 @@ def trie_file(trie: ItemTrie, folder: str | Path | None = None) -> Path:
     return path if path.is_file() else save_trie(trie, path)
 
 
-def default_model_dir(run: str | Path) -> Path:
-    """What vLLM loads for a run: ``<run>/export`` (merged), else a full fine-tune's model."""
-    run = Path(run)
-    if (run / "export" / "config.json").is_file():
-        return run / "export"
-    if (run / "sft" / "model" / "config.json").is_file():
-        return run / "sft" / "model"
-    raise FileNotFoundError(
-        f"no servable model in {run}: run `llmrec export --run {run}` (LoRA runs must be merged "
-        "first: vLLM cannot load adapters that train new token rows)"
-    )
-
-
 @dataclass
 class VLLMRecommender:
     """Constrained beam search on a ``vllm.LLM``, behind the ``Recommender`` protocol."""
@@ -136,7 +123,7 @@ class VLLMRecommender:
     llm: Any
     prompts: PromptBuilder
     trie: ItemTrie
-    num_beams: int = 20
+    num_beams: int = DEFAULT_BEAMS
     batch_size: int = 64
     lora_request: Any = None
     trie_path: str = ""
@@ -148,13 +135,19 @@ class VLLMRecommender:
 
     @classmethod
     def from_run(cls, run: str | Path, llm: Any, **kwargs: Any) -> VLLMRecommender:
-        """Prompts, SID map and trie of a run, around an engine built on its model."""
-        from llmrec.indexing.sid_map import SemanticIdMap
+        """Prompts and trie of a run (``RunDecoding``), around an engine built on its model."""
+        decoding = RunDecoding.load(run)
+        return cls(llm, decoding.prompts, decoding.trie, **kwargs)
 
-        prompts = PromptBuilder.from_run(run)
-        sid_map = SemanticIdMap.load(Path(run) / "sids" / "sid_map.json")
-        trie = ItemTrie.from_sid_map(sid_map, prompts.tokenizer, prompts.end_token_id)
-        return cls(llm, prompts, trie, **kwargs)
+    def with_beams(self, num_beams: int) -> VLLMRecommender:
+        """This recommender searching with another beam width (same engine, prompts, trie)."""
+        return self if num_beams == self.num_beams else replace(self, num_beams=num_beams)
+
+    @property
+    def max_width(self) -> int | None:
+        """The widest beam the engine serves (its ``max_logprobs``), None if unbounded."""
+        limit = getattr(self.llm.llm_engine.model_config, "max_logprobs", None)
+        return None if limit is None or limit < 0 else int(limit)
 
     def score_beam(
         self,
@@ -179,9 +172,10 @@ class VLLMRecommender:
         histories: Sequence[Sequence[str]],
         k: int,
         exclude: Sequence[Collection[str]] | None = None,
+        users: Users | None = None,
     ) -> tuple[list[list[str]], np.ndarray]:
         """Top-k catalog items per history (see ``Recommender``)."""
-        width = min(max(self.num_beams, k), len(self.trie.item_ids))
+        width = beam_width(self.num_beams, k, len(self.trie.item_ids))
         items: list[list[str]] = []
         scores: list[list[float]] = []
         for start in range(0, len(histories), self.batch_size):

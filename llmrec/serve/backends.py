@@ -1,10 +1,12 @@
-"""What the HTTP app serves from: a catalog (ids, titles, users' histories) and a backend.
+"""What the HTTP app serves from: a catalog, and a backend that adapts ``Recommender`` s.
 
-A backend answers ``await recommend(history, k, exclude, adapter)`` with (item, score) pairs,
-best first. ``VLLMBackend`` runs one beam search per request on an ``AsyncLLM``: concurrent
-requests' beam steps land in the same engine batches. ``HFBackend`` gets the same chance with a
-micro-batcher: requests arriving within ``max_wait_ms`` of each other (up to ``max_batch``) go
-through one ``HFRecommender.score_beam`` call, run in a worker thread.
+There is no serving protocol of its own: ``RecommenderBackend`` holds ordinary recommenders
+(HF or vLLM, a per-user router, Pop...) by adapter name and answers the app one request at a
+time while handing the models batches. Requests that arrive within ``max_wait_ms`` of each
+other (up to ``max_batch``) and ask for the same model and beam width go through one
+``Recommender.recommend`` call in a worker thread — HF: one constrained ``generate``; vLLM:
+every beam of every request in one engine call per SID level. A batch that fails answers its
+own requests with the error (the app turns it into a 503); the batcher keeps serving.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from llmrec.constrain.trie import ItemTrie
-from llmrec.recommend.vllm_beam import Search, beam_search_async, greedy_async
+from llmrec.recommend.base import Recommender
 
 logger = logging.getLogger(__name__)
+
+DEFAULT = ""  # the models key of the default (or per-user routed) model
 
 
 class RequestError(Exception):
@@ -50,7 +54,8 @@ class ServingCatalog:
 
     @classmethod
     def from_run(cls, run: str | Path, item_ids: Sequence[str]) -> ServingCatalog:
-        """Titles from ``<run>/data/items.parquet``; histories from its split (all parts)."""
+        """Titles from the run's items; each known user's whole history (every interaction
+        of the split, the held-out ones included)."""
         from llmrec.data.prepare import PreparedData
 
         prepared = PreparedData.load(run)
@@ -73,155 +78,104 @@ def _targets(target: Any) -> tuple[str, ...]:
     return tuple(str(t) for t in target) if target is not None else ()
 
 
-class Backend(Protocol):
-    """Top-k (item, score) pairs for one history."""
-
-    name: str
-
-    @property
-    def adapters(self) -> Collection[str]:
-        """Adapter names a request may ask for."""
-        ...
-
-    async def recommend(
-        self,
-        history: Sequence[str],
-        k: int,
-        exclude: Collection[str],
-        adapter: str | None,
-        num_beams: int | None = None,
-    ) -> list[tuple[str, float]]:
-        """Best first, at most ``k``, never an item of ``exclude``; beam width
-        ``max(num_beams or the backend's, k)``."""
-        ...
-
-    async def close(self) -> None:
-        """Release the engine."""
-        ...
-
-
-@dataclass
-class VLLMBackend:
-    """Constrained beam search on an ``AsyncLLM``, one adapter per request at most."""
-
-    engine: Any
-    prompts: Any  # PromptBuilder, or anything with encode(history) -> token ids
-    trie: ItemTrie
-    trie_path: str
-    num_beams: int = 20
-    lora: dict[str, Any] = field(default_factory=dict)  # adapter name -> LoRARequest
-    name: str = "vllm"
-
-    def __post_init__(self) -> None:
-        self._index = {item: i for i, item in enumerate(self.trie.item_ids)}
-
-    @property
-    def adapters(self) -> Collection[str]:
-        """Names a request may ask for."""
-        return self.lora.keys()
-
-    async def recommend(
-        self,
-        history: Sequence[str],
-        k: int,
-        exclude: Collection[str],
-        adapter: str | None,
-        num_beams: int | None = None,
-    ) -> list[tuple[str, float]]:
-        """One beam search; its steps share engine batches with every other request's."""
-        width = min(max(num_beams or self.num_beams, k), len(self.trie.item_ids))
-        banned = sorted(self._index[i] for i in exclude if i in self._index)
-        prompt = self.prompts.encode(history)
-        lora = self.lora[adapter] if adapter else None
-        if width == 1:  # one request decodes the whole item: cheaper than a beam of one
-            found = await greedy_async(self.engine, prompt, self.trie, self.trie_path, banned, lora)
-        else:
-            search = Search(prompt, width, banned)
-            found = await beam_search_async(self.engine, search, self.trie, self.trie_path, lora)
-        return [(self.trie.item_ids[i], s) for i, s in found[:k]]
-
-    async def close(self) -> None:
-        """Shut the engine down."""
-        self.engine.shutdown()
+def with_beams(model: Recommender, width: int | None) -> Recommender:
+    """``model`` searching with beam width ``width`` where it has a width to set."""
+    if width is None or not hasattr(model, "with_beams"):
+        return model
+    return model.with_beams(width)
 
 
 @dataclass
 class _Pending:
     history: Sequence[str]
-    width: int
     exclude: Collection[str]
+    user: str | None
     future: asyncio.Future[list[tuple[str, float]]]
 
 
 @dataclass
-class HFBackend:
-    """``HFRecommender`` beam search behind a micro-batcher (one worker thread)."""
+class RecommenderBackend:
+    """Recommenders by adapter name (``DEFAULT``: the default model) behind a micro-batcher."""
 
-    recommender: Any  # HFRecommender
-    num_beams: int = 20
+    models: Mapping[str, Recommender]
+    name: str
+    max_width: int | None = None  # widest beam the models can run (None: no limit of its own)
     max_batch: int = 16
     max_wait_ms: float = 5.0
-    name: str = "hf"
-    adapters: Collection[str] = ()
+    closers: Sequence[Any] = ()  # engines to shut down with the server
 
     def __post_init__(self) -> None:
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-batch")
+        self._queues: dict[tuple[str, int | None, int], asyncio.Queue[_Pending]] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommend")
+
+    @property
+    def adapters(self) -> Collection[str]:
+        """Adapter names a request may ask for."""
+        return [name for name in self.models if name != DEFAULT]
 
     async def recommend(
         self,
         history: Sequence[str],
         k: int,
         exclude: Collection[str],
-        adapter: str | None,
-        num_beams: int | None = None,
+        adapter: str | None = None,
+        width: int | None = None,
+        user: str | None = None,
     ) -> list[tuple[str, float]]:
-        """Queue the request; the batcher answers it with the others that arrive with it."""
-        if adapter:
-            raise RequestError(400, "the HF backend serves no adapters; use the vLLM backend")
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._run())
-        width = min(max(num_beams or self.num_beams, k), len(self.recommender.trie.item_ids))
+        """Best first, at most ``k``, never an item of ``exclude``; answered in a batch with
+        the requests that arrive with it for the same model, width and k (so an answer never
+        depends on what else was in flight)."""
+        key = (adapter or DEFAULT, width, k)
+        if key not in self._queues:
+            self._queues[key] = asyncio.Queue()
+            self._workers.append(asyncio.create_task(self._run(key)))
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(history, width, exclude, future))
-        return (await future)[:k]
+        await self._queues[key].put(_Pending(history, exclude, user, future))
+        return await future
 
-    async def _run(self) -> None:
-        assert self._queue is not None
+    async def _run(self, key: tuple[str, int | None, int]) -> None:
+        queue = self._queues[key]
+        model = with_beams(self.models[key[0]], key[1])
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch = [await queue.get()]
             deadline = time.monotonic() + self.max_wait_ms / 1000
             while len(batch) < self.max_batch:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                    batch.append(await asyncio.wait_for(queue.get(), timeout))
                 except TimeoutError:
                     break
-            # One generate call needs one beam width: serve each width as its own batch.
-            for width in sorted({p.width for p in batch}):
-                group = [p for p in batch if p.width == width]
-                try:
-                    ranked = await loop.run_in_executor(
-                        self._pool,
-                        self.recommender.score_beam,
-                        [p.history for p in group],
-                        width,
-                        [p.exclude for p in group],
-                    )
-                except Exception as err:  # answer every waiting request, keep the batcher alive
-                    for p in group:
-                        p.future.set_exception(err)
-                    continue
-                for p, row in zip(group, ranked, strict=True):
-                    p.future.set_result(row)
+            try:
+                items, scores = await loop.run_in_executor(
+                    self._pool,
+                    model.recommend,
+                    [p.history for p in batch],
+                    key[2],
+                    [p.exclude for p in batch],
+                    [p.user for p in batch],
+                )
+            except Exception as err:  # answer every waiting request, keep the batcher alive
+                for p in batch:
+                    p.future.set_exception(err)
+                continue
+            for p, row, values in zip(batch, items, scores, strict=True):
+                ranked = [
+                    (item, float(score))
+                    for item, score in zip(row, values, strict=True)
+                    if item and math.isfinite(score)
+                ]
+                p.future.set_result(ranked)
 
     async def close(self) -> None:
-        """Stop the batcher."""
-        if self._worker is not None:
-            self._worker.cancel()
+        """Stop the batchers and the engines."""
+        for worker in self._workers:
+            worker.cancel()
         self._pool.shutdown(wait=False)
+        for engine in self.closers:
+            shutdown = getattr(engine, "shutdown", None)
+            if shutdown is not None:
+                shutdown()

@@ -1,5 +1,6 @@
-"""Training stages: supervised fine-tuning (full, LoRA, QLoRA) with TRL, launched as one process
-or many (``accelerate launch`` / ``torchrun``), and export of the result as one HF checkpoint.
+"""Training stages on one harness (``stage.py``): supervised fine-tuning (full, LoRA, QLoRA) with
+TRL, launched as one process or many (``accelerate launch`` / ``torchrun``), and export of a
+trained stage as one HF checkpoint. Loading a trained model lives in ``llmrec.recommend.loading``.
 
 Names are imported on first use: the config classes stay cheap to import (the CLI builds its
 help from them) while the trainer pulls in torch, transformers, TRL and PEFT.
@@ -12,10 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llmrec.train.callbacks import EvalFn, PeriodicEvalCallback
-    from llmrec.train.config import LoraSection, SFTStageConfig, TrainingSection
-    from llmrec.train.export import export_model, load_sft_model
+    from llmrec.train.config import (
+        LoraSection,
+        SFTStageConfig,
+        TrainingSection,
+        ValidationSection,
+    )
+    from llmrec.train.export import export_model
     from llmrec.train.peft_setup import patch_trainable_tokens_bias
     from llmrec.train.sft import train_sft
+    from llmrec.train.stage import StagePlan, train_stage
 
 _WHERE = {
     "EvalFn": "callbacks",
@@ -23,8 +30,10 @@ _WHERE = {
     "LoraSection": "config",
     "SFTStageConfig": "config",
     "TrainingSection": "config",
+    "ValidationSection": "config",
+    "StagePlan": "stage",
+    "train_stage": "stage",
     "export_model": "export",
-    "load_sft_model": "export",
     "patch_trainable_tokens_bias": "peft_setup",
     "train_sft": "sft",
 }
@@ -34,12 +43,26 @@ __all__ = [
     "LoraSection",
     "PeriodicEvalCallback",
     "SFTStageConfig",
+    "StagePlan",
     "TrainingSection",
+    "ValidationSection",
     "export_model",
-    "load_sft_model",
     "patch_trainable_tokens_bias",
     "train_sft",
+    "train_stage",
 ]
+
+
+# The trainers ``llmrec train <name>`` runs: (config class, train function, description). Each
+# module also runs as ``python -m llmrec.train.<module>`` (what accelerate launch starts).
+TRAINERS: dict[str, tuple[str, str, str]] = {
+    "sft": (
+        "llmrec.train.config:SFTStageConfig",
+        "llmrec.train.sft:train_sft",
+        "Supervised fine-tuning into <run>/sft (full, LoRA or QLoRA) with TRL's SFTTrainer on "
+        "<run>/instruct; checkpoints resume after a crash.",
+    ),
+}
 
 
 def __getattr__(name: str) -> Any:

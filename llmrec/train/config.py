@@ -7,9 +7,10 @@ Loaded like every stage config (``load_config(SFTStageConfig, "recipes/sft/tiny-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from llmrec.config import ConfigError
+from llmrec.config import PASSTHROUGH, ConfigError
+from llmrec.recommend.base import DEFAULT_BEAMS
 
 FinetuneMode = Literal["full", "lora", "qlora"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -49,25 +50,11 @@ class LoraSection:
 
 @dataclass
 class TrainingSection:
-    """What goes into TRL's SFTConfig (a subset of transformers' TrainingArguments)."""
+    """Training arguments: the keys below are llmrec's own; every other key of the section is a
+    field of the trainer's TRL config (``SFTConfig``, ``DPOConfig``, ``GRPOConfig``) and reaches
+    it as it is, checked against that class when training starts (a new TRL option needs no
+    code here)."""
 
-    num_train_epochs: float = field(default=1.0, metadata={"help": "epochs (max_steps wins)"})
-    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; -1: use epochs"})
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate"})
-    lr_scheduler_type: str = field(
-        default="cosine", metadata={"help": "transformers scheduler: linear, cosine, constant, ..."}
-    )
-    warmup_steps: float = field(
-        default=0.03, metadata={"help": "warmup steps; a value below 1 is a fraction of all steps"}
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
-    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name"})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "micro-batch size"})
-    per_device_eval_batch_size: int = field(default=16, metadata={"help": "eval micro-batch"})
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "micro-batches per optimizer step (global_batch_size wins)"}
-    )
     global_batch_size: int | None = field(
         default=None,
         metadata={
@@ -75,26 +62,17 @@ class TrainingSection:
             "accumulation from the launch's world size (MiniOneRec style)"
         },
     )
-    group_by_length: bool = field(
-        default=False, metadata={"help": "batch examples of similar length (less padding)"}
-    )
-    seed: int = field(default=42, metadata={"help": "model init (tiny), shuffling, dropout"})
-    logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps"})
-    save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps"})
-    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept for resume"})
-    keep_checkpoints: bool = field(
-        default=False, metadata={"help": "keep <run>/sft.checkpoints/ after a finished run"}
-    )
     eval_steps: int = field(
         default=0,
         metadata={
-            "help": "every N steps: validation loss and the injected eval function (0: never)"
+            "help": "every N steps: validation loss and constrained validation "
+            "(0: validation once, after the last step)",
+            "min": 0,
         },
     )
-    report_to: str | list[str] = field(
-        default="none", metadata={"help": "none, tensorboard, wandb (or a list)"}
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep <run>/<stage>.checkpoints/ after a finished run"}
     )
-    run_name: str | None = field(default=None, metadata={"help": "run name for wandb et al."})
     bf16: Literal["auto"] | bool = field(
         default="auto", metadata={"help": "bf16 mixed precision; auto: where the GPU supports it"}
     )
@@ -105,10 +83,50 @@ class TrainingSection:
             "models, off on CPU and for tiny models"
         },
     )
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
-    dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "processes for tokenizing the dataset"}
+    trl: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            PASSTHROUGH: True,
+            "help": "any field of the trainer's TRL config, e.g. learning_rate, max_steps, "
+            "per_device_train_batch_size, lr_scheduler_type, save_steps, report_to",
+        },
     )
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (model init, shuffling, dropout): TRL's ``seed`` key."""
+        return int(self.trl.get("seed", 42))  # 42: transformers' default
+
+
+@dataclass
+class ValidationSection:
+    """Constrained top-K on a fixed sample of validation users while training, logged beside the
+    loss as ``val_recall@k``, ``val_ndcg@k`` and ``val_invalid@k`` (every
+    ``training.eval_steps``, and after the last step)."""
+
+    users: int = field(default=200, metadata={"help": "validation users (0: off)", "min": 0})
+    mode: Literal["beam", "exact"] = field(
+        default="beam", metadata={"help": "constrained beam search or exact full ranking"}
+    )
+    num_beams: int = field(
+        default=DEFAULT_BEAMS, metadata={"help": "beam width (beam mode)", "min": 1}
+    )
+    k: int = field(default=10, metadata={"help": "the cutoff K", "min": 1})
+    batch_size: int = field(default=16, metadata={"help": "users per forward pass", "min": 1})
+
+
+# llmrec's SFT defaults where they differ from TRL's SFTConfig (for a quick CPU run: one epoch,
+# a learning rate for LoRA and small models, cosine decay, plain AdamW that runs everywhere).
+SFT_TRL_DEFAULTS: dict[str, Any] = {
+    "seed": 42,
+    "num_train_epochs": 1.0,
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,
+    "optim": "adamw_torch",
+    "per_device_eval_batch_size": 16,
+    "save_total_limit": 2,
+}
 
 
 @dataclass
@@ -168,7 +186,10 @@ class SFTStageConfig:
     validation_size: int = field(
         default=256, metadata={"help": "validation examples for the eval loss (0: none)"}
     )
-    training: TrainingSection = field(default_factory=TrainingSection)
+    training: TrainingSection = field(
+        default_factory=lambda: TrainingSection(trl=dict(SFT_TRL_DEFAULTS))
+    )
+    validation: ValidationSection = field(default_factory=ValidationSection)
 
 
 def validate(cfg: SFTStageConfig) -> None:
@@ -182,23 +203,26 @@ def validate(cfg: SFTStageConfig) -> None:
     if cfg.lora.r <= 0:
         raise ConfigError(f"lora.r must be positive, got {cfg.lora.r}")
     t = cfg.training
-    if t.max_steps <= 0 and t.num_train_epochs <= 0:
-        raise ConfigError("set training.max_steps or training.num_train_epochs")
     if t.global_batch_size is not None and t.global_batch_size <= 0:
         raise ConfigError(f"training.global_batch_size must be positive, got {t.global_batch_size}")
-    if t.eval_steps < 0 or t.save_steps <= 0 or t.logging_steps <= 0:
-        raise ConfigError("training.eval_steps ≥ 0, save_steps > 0 and logging_steps > 0")
 
 
-def accumulation_steps(t: TrainingSection, world_size: int) -> int:
-    """Gradient accumulation: from ``global_batch_size`` when set, else as configured."""
-    if t.global_batch_size is None:
-        return t.gradient_accumulation_steps
-    per_step = t.per_device_train_batch_size * world_size
-    if t.global_batch_size % per_step:
+def resolve_checkpointing(setting: Literal["auto"] | bool, pretrained: bool) -> bool:
+    """Gradient checkpointing on or off; ``auto``: on CUDA for pretrained models only (on CPU
+    memory is rarely the limit and recomputation costs ~30 % more time)."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return torch.cuda.is_available() and pretrained
+
+
+def accumulation_steps(global_batch_size: int, per_device: int, world_size: int) -> int:
+    """Gradient accumulation steps that make ``global_batch_size`` examples per optimizer step."""
+    per_step = per_device * world_size
+    if global_batch_size % per_step:
         raise ConfigError(
-            f"training.global_batch_size={t.global_batch_size} is not a multiple of "
-            f"per_device_train_batch_size × processes = {t.per_device_train_batch_size} × "
-            f"{world_size}"
+            f"training.global_batch_size={global_batch_size} is not a multiple of "
+            f"per_device_train_batch_size × processes = {per_device} × {world_size}"
         )
-    return t.global_batch_size // per_step
+    return global_batch_size // per_step

@@ -8,13 +8,12 @@ result is the same examples with shorter (or longer) histories.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from llmrec.io import StageDir
+from llmrec.run import CONFIG, INSTRUCT, SIDS, RunLayout
 from llmrec.train.config import SFTStageConfig
 
 logger = logging.getLogger(__name__)
@@ -27,14 +26,15 @@ def instruct_config(instruct_dir: Path) -> Any:
     from llmrec.config import load_config
     from llmrec.instruct.build import InstructConfig
 
-    return load_config(InstructConfig, instruct_dir / "config.yaml")
+    return load_config(InstructConfig, instruct_dir / CONFIG)
 
 
 def load_sft_datasets(cfg: SFTStageConfig, run: Path) -> tuple[Any, Any | None]:
     """``(train, validation)`` as in-memory ``Dataset`` s of prompt/completion rows."""
     from datasets import load_from_disk
 
-    instruct_dir = StageDir(run, "instruct").require(f"llmrec instruct build --run {run}")
+    layout = RunLayout.of(run)
+    instruct_dir = layout.stage(INSTRUCT).require(f"llmrec instruct build --run {layout.root}")
     icfg = instruct_config(instruct_dir)
     if cfg.max_history is not None and cfg.max_history != icfg.max_history:
         logger.info(
@@ -42,7 +42,7 @@ def load_sft_datasets(cfg: SFTStageConfig, run: Path) -> tuple[Any, Any | None]:
             cfg.max_history,
             icfg.max_history,
         )
-        train, validation = _rerender(run, instruct_dir, replace(icfg, max_history=cfg.max_history))
+        train, validation = _rerender(layout, replace(icfg, max_history=cfg.max_history))
     else:
         # In memory: TRL's tokenisation would otherwise write cache files into <run>/instruct/.
         data = load_from_disk(str(instruct_dir), keep_in_memory=True)
@@ -61,41 +61,29 @@ def load_sft_datasets(cfg: SFTStageConfig, run: Path) -> tuple[Any, Any | None]:
     return train, validation
 
 
-def _rerender(run: Path, instruct_dir: Path, icfg: Any) -> tuple[Any, Any]:
+def _rerender(layout: RunLayout, icfg: Any) -> tuple[Any, Any]:
     """Train and validation rendered again from the split and SIDs with ``icfg``."""
     from datasets import Dataset
 
     from llmrec.data.prepare import PreparedData
     from llmrec.indexing.sid_map import SemanticIdMap
-    from llmrec.instruct.build import render_examples
+    from llmrec.instruct.build import load_item_texts, prompt_format, render_examples
 
-    sids_dir = StageDir(run, "sids").require(f"llmrec index build --run {run}")
-    prepared = PreparedData.load(run)
-    sid_map = SemanticIdMap.load(sids_dir / "sid_map.json")
-    texts_by_item = {}
-    with (sids_dir / "item_text.jsonl").open(encoding="utf-8") as lines:
-        for line in lines:
-            row = json.loads(line)
-            texts_by_item[row["item_id"]] = row["text"]
+    layout.stage(SIDS).require(f"llmrec index build --run {layout.root}")
+    prepared = PreparedData.load(layout.root)
+    sid_map = SemanticIdMap.load(layout.sid_map_file)
+    texts_by_item = load_item_texts(layout.item_text_file)
     items = prepared.items[prepared.items["item_id"].isin(set(sid_map.item_ids))]
     texts = [texts_by_item[i] for i in items["item_id"].astype(str)]
     examples = render_examples(prepared, sid_map, texts, icfg)
-    fmt = json.loads((instruct_dir / "counts.json").read_text(encoding="utf-8"))["format"]
-    conversational = fmt == "conversational"
+    fmt = prompt_format(layout.instruct_dir, icfg)
 
     def rows(split: str) -> Any:
-        prompts: list[Any] = []
-        completions: list[Any] = []
-        for e in examples[split]:
-            if conversational:
-                system = [{"role": "system", "content": icfg.system_prompt}]
-                prompts.append(
-                    (system if icfg.system_prompt else []) + [{"role": "user", "content": e.prompt}]
-                )
-                completions.append([{"role": "assistant", "content": e.completion}])
-            else:
-                prompts.append(e.prompt)
-                completions.append(e.completion)
-        return Dataset.from_dict({"prompt": prompts, "completion": completions})
+        return Dataset.from_dict(
+            {
+                "prompt": [fmt.prompt(e.prompt) for e in examples[split]],
+                "completion": [fmt.completion(e.completion) for e in examples[split]],
+            }
+        )
 
     return rows("train"), rows("validation")

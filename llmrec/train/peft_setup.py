@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from peft.utils.other import TrainableTokensWrapper
 
-from llmrec.train.config import SFTStageConfig
+from llmrec.errors import MissingExtraError, UserError
+from llmrec.train.config import SFTStageConfig, resolve_checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +40,20 @@ __all__ = [
     "patch_trainable_tokens_bias",
     "require_qlora",
     "resolve_dtype",
-    "resolve_gradient_checkpointing",
 ]
 
 
 def require_qlora() -> None:
     """Raise a clear error unless 4-bit QLoRA can run here (CUDA + bitsandbytes)."""
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise UserError(
             "finetune=qlora needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on CPU. "
             "Use finetune=lora (same adapters on an unquantized model) or finetune=full here."
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ValueError("finetune=qlora needs bitsandbytes: pip install 'llmrec[quant]'") from None
+        raise MissingExtraError("bitsandbytes", "quant", "finetune=qlora") from None
 
 
 def bf16_supported() -> bool:
@@ -72,16 +72,6 @@ def resolve_dtype(cfg: SFTStageConfig) -> torch.dtype:
     if cfg.finetune != "full" and cfg.model != "tiny" and bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def resolve_gradient_checkpointing(cfg: SFTStageConfig) -> bool:
-    """Gradient checkpointing on or off (``auto``: on CUDA for pretrained models only)."""
-    setting = cfg.training.gradient_checkpointing
-    if setting == "auto":
-        # On CPU memory is rarely the limit and recomputation costs ~30 % more time; tiny models
-        # never need it.
-        return torch.cuda.is_available() and cfg.model != "tiny"
-    return setting
 
 
 def embeddings_tied(model: Any) -> bool:
@@ -133,7 +123,10 @@ def build_model(cfg: SFTStageConfig, tokenizer: Any, sid_ids: Sequence[int]) -> 
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=resolve_gradient_checkpointing(cfg)
+            model,
+            use_gradient_checkpointing=resolve_checkpointing(
+                cfg.training.gradient_checkpointing, pretrained=True
+            ),
         )
     return model
 

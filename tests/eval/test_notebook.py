@@ -56,11 +56,12 @@ def test_eval_stage_writes_table_plot_and_rows(run: Path) -> None:
 
 def test_vllm_backend_needs_beam_mode(run: Path) -> None:
     from llmrec.config import ConfigError
-    from llmrec.eval.stage import llm_for_run
+    from llmrec.eval.stage import run_eval
 
     cfg = load_config(EvalStageConfig, None, ["llm_backend=vllm", "llm_mode=exact"])
     with pytest.raises(ConfigError, match="llm_mode=beam"):
-        llm_for_run(run, cfg)
+        run_eval(cfg, run)
+    assert not (run / "eval").exists() or (run / "eval" / "_DONE.json").is_file()
 
 
 def test_notebook_executes(run: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from llmrec.data import leave_one_out
 from llmrec.eval.popularity import PopRecommender
 from llmrec.eval.protocol import EvalConfig, evaluate
-from llmrec.recommend.base import Recommender
+from llmrec.recommend.base import Recommender, Users
 
 
 def split_of(rows: list[tuple[str, str, int]]):  # type: ignore[no-untyped-def]
@@ -44,6 +44,7 @@ class Echo:
         histories: Sequence[Sequence[str]],
         k: int,
         exclude: Sequence[Collection[str]] | None = None,
+        users: Users | None = None,
     ) -> tuple[list[list[str]], np.ndarray]:
         out = []
         for u, h in enumerate(histories):
@@ -66,7 +67,7 @@ def test_pop_and_echo_by_hand(tmp_path: Path) -> None:
     echo = evaluate(Echo(), split, EvalConfig(ks=[2], bootstrap=0))
     # u2's test history is a, b, d → newest first d, b: target b at rank 1.
     assert echo.per_user["rank"].tolist()[1] == 1
-    excluded = evaluate(Echo(), split, EvalConfig(ks=[2], bootstrap=0, exclude_seen=True))
+    excluded = evaluate(Echo(), split, EvalConfig(ks=[2], bootstrap=0), exclude_seen=True)
     assert excluded.metrics["recall@2"] == 0.0  # the echo model has nothing left to say
     assert excluded.metrics["invalid@2"] == 1.0  # every slot is empty
     assert excluded.settings["exclude_seen"] is True

@@ -52,8 +52,8 @@ def trained() -> tuple[Split, SASRecRecommender, list[dict[str, Any]]]:
 
 
 def ndcg(rec: Recommender, split: Split, part: str, exclude_seen: bool = False) -> float:
-    cfg = EvalConfig(ks=[10], part=part, bootstrap=0, exclude_seen=exclude_seen)  # type: ignore[arg-type]
-    return evaluate(rec, split, cfg).metrics["ndcg@10"]
+    cfg = EvalConfig(ks=[10], part=part, bootstrap=0)  # type: ignore[arg-type]
+    return evaluate(rec, split, cfg, exclude_seen=exclude_seen).metrics["ndcg@10"]
 
 
 def test_learns_the_cycle(trained: tuple[Split, SASRecRecommender, list[dict[str, Any]]]) -> None:

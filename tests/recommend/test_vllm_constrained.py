@@ -184,9 +184,9 @@ def test_evaluate_through_vllm_equals_hf(
     )
     split = leave_one_out(events)
     for exclude_seen in (False, True):
-        cfg = EvalConfig(ks=[5, 10], bootstrap=0, exclude_seen=exclude_seen)
+        cfg = EvalConfig(ks=[5, 10], bootstrap=0)
         runs = [
-            evaluate(rec, split, cfg, catalog=catalog.item_ids)
+            evaluate(rec, split, cfg, catalog=catalog.item_ids, exclude_seen=exclude_seen)
             for rec in (
                 VLLMRecommender(llm, prompts, trie, num_beams=10),  # type: ignore[arg-type]
                 HFRecommender(hf_model, prompts, trie, num_beams=10),

@@ -25,6 +25,7 @@ TINY = [
     "tiny_heads=2",
     "max_length=128",
     "validation_size=0",
+    "validation.users=0",
     "training.max_steps=4",
     "training.per_device_train_batch_size=4",
     "training.learning_rate=0.01",

@@ -69,6 +69,6 @@ def test_two_cpu_processes_train_together(
     assert metrics["ranks"] == [{"rank": 0, "steps": 3}, {"rank": 1, "steps": 3}]
     # Each optimizer step saw one micro-batch per rank: 3 steps × 4 examples × 2 ranks.
     assert metrics["train"]["epoch"] == pytest.approx(3 * 4 * 2 / 64)
-    info = json.loads((run / "sft" / "sft_info.json").read_text())
+    info = json.loads((run / "sft" / "model_info.json").read_text())
     assert info["world_size"] == 2
-    assert "full fine-tuning of tiny: 3 steps on 2 process(es)" in done.stdout
+    assert "sft: full training of tiny: 3 steps on 2 process(es)" in done.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmrec.config import ConfigError, load_config
-from llmrec.train.config import SFTStageConfig, TrainingSection, accumulation_steps, validate
+from llmrec.train.config import SFTStageConfig, accumulation_steps, validate
 from llmrec.train.sft import sft_training_args
 
 RECIPES = Path(__file__).parents[2] / "recipes"
@@ -30,7 +30,7 @@ def test_every_sft_recipe_loads_and_validates() -> None:
             assert cfg.model.startswith("Qwen/Qwen2.5-"), path
             assert cfg.training.global_batch_size == 1024 and cfg.max_length == 512, path
     tiny = load_config(SFTStageConfig, RECIPES / "sft" / "tiny-cpu.yaml")
-    assert tiny.finetune == "full" and tiny.training.max_steps > 0
+    assert tiny.finetune == "full" and tiny.training.trl["max_steps"] > 0
 
 
 def test_every_accelerate_config_loads() -> None:
@@ -57,12 +57,18 @@ def test_every_accelerate_config_loads() -> None:
     assert configs["fsdp"].fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
 
 
-def test_global_batch_size_sets_accumulation() -> None:
-    t = TrainingSection(per_device_train_batch_size=16, global_batch_size=1024)
-    assert accumulation_steps(t, 8) == 8 and accumulation_steps(t, 1) == 64
+def test_global_batch_size_sets_accumulation(tmp_path: Path) -> None:
+    assert accumulation_steps(1024, 16, 8) == 8 and accumulation_steps(1024, 16, 1) == 64
     with pytest.raises(ConfigError, match="not a multiple"):
-        accumulation_steps(t, 3)
-    assert accumulation_steps(TrainingSection(gradient_accumulation_steps=4), 8) == 4
+        accumulation_steps(1024, 16, 3)
+    batch = ["training.per_device_train_batch_size=16", "training.global_batch_size=1024"]
+    cfg = load_config(SFTStageConfig, None, batch)
+    assert sft_training_args(cfg, tmp_path).gradient_accumulation_steps == 64
+    both = load_config(SFTStageConfig, None, [*batch, "training.gradient_accumulation_steps=2"])
+    with pytest.raises(ConfigError, match="not both"):
+        sft_training_args(both, tmp_path)
+    plain = load_config(SFTStageConfig, None, ["training.gradient_accumulation_steps=4"])
+    assert sft_training_args(plain, tmp_path).gradient_accumulation_steps == 4
 
 
 @pytest.mark.parametrize(
@@ -71,8 +77,6 @@ def test_global_batch_size_sets_accumulation() -> None:
         (["finetune=qlora"], "qlora"),
         (["max_length=0"], "max_length"),
         (["max_history=0"], "max_history"),
-        (["training.max_steps=-1", "training.num_train_epochs=0"], "max_steps"),
-        (["training.save_steps=0"], "save_steps"),
         (["lora.r=0"], "lora.r"),
     ],
 )
@@ -81,13 +85,36 @@ def test_invalid_configs_are_rejected(overrides: list[str], message: str) -> Non
         validate(load_config(SFTStageConfig, None, overrides))
 
 
-def test_unknown_keys_and_bad_values_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown key"):
-        load_config(SFTStageConfig, None, ["training.epochs=3"])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["training.max_steps=-1", "training.num_train_epochs=0"], "max_steps"),
+        (["training.epochs=3"], "did you mean"),  # close to num_train_epochs
+        (["training.output_dir=/tmp/x"], "set by llmrec"),
+        (["training.max_length=64"], "stage's max_length"),
+    ],
+)
+def test_training_keys_are_checked_against_trl(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    cfg = load_config(SFTStageConfig, None, overrides)
+    with pytest.raises(ConfigError, match=message):
+        sft_training_args(cfg, tmp_path)
+
+
+def test_training_keys_pass_through_to_trl(tmp_path: Path) -> None:
+    """Any SFTConfig field reaches TRL as it is: no llmrec code per option."""
     with pytest.raises(ConfigError, match="finetune"):
         load_config(SFTStageConfig, None, ["finetune=adapter"])
-    cfg = load_config(SFTStageConfig, None, ["training.bf16=false", "training.report_to=[wandb]"])
-    assert cfg.training.bf16 is False and cfg.training.report_to == ["wandb"]
+    cfg = load_config(
+        SFTStageConfig,
+        None,
+        ["training.bf16=false", "training.report_to=[wandb]", "training.neftune_noise_alpha=5"],
+    )
+    assert cfg.training.bf16 is False and cfg.training.trl["report_to"] == ["wandb"]
+    args = sft_training_args(cfg, tmp_path)
+    assert args.neftune_noise_alpha == 5 and args.report_to == ["wandb"]
+    assert args.learning_rate == 2e-4 and args.lr_scheduler_type == "cosine"  # llmrec defaults
 
 
 def test_cpu_defaults_in_the_trainer_args(tmp_path: Path) -> None:

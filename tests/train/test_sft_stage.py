@@ -15,11 +15,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from llmrec.errors import UserError
 from llmrec.io import StageDir
+from llmrec.recommend.loading import load_model
 from llmrec.train.config import SFTStageConfig
 from llmrec.train.data import load_sft_datasets
-from llmrec.train.export import export_model, load_sft_model
-from llmrec.train.sft import latest_checkpoint, main, train_sft
+from llmrec.train.export import export_model
+from llmrec.train.sft import main, train_sft
+from llmrec.train.stage import latest_checkpoint
 
 PROMPTS = ["A user recently engaged with", "Give the ID of this item: Film number 3"]
 
@@ -42,7 +45,7 @@ def test_full_finetuning_writes_a_loadable_stage(
         "model",
         "sid_map.json",
         "config.yaml",
-        "sft_info.json",
+        "model_info.json",
         "metrics.json",
         "_DONE.json",
     }
@@ -143,10 +146,10 @@ def test_lora_export_merges_into_a_plain_checkpoint(
     folder = train_sft(cfg, run)
     assert (folder / "model" / "adapter_config.json").is_file()
     assert (folder / "base_model" / "model.safetensors").is_file()
-    peft_model, tokenizer = load_sft_model(run)
+    peft_model, tokenizer = load_model(run, "sft")
     expected = _logits(peft_model, tokenizer)
 
-    out = export_model(run, tmp_path / "export")
+    out = export_model(run, "sft", tmp_path / "export")
     assert {"model.safetensors", "config.json", "sid_map.json", "tokenizer.json"} <= {
         p.name for p in out.iterdir()
     }
@@ -162,7 +165,7 @@ def test_lora_export_merges_into_a_plain_checkpoint(
     )
     # The SID rows really moved away from the base: the merge carried them over.
     base = AutoModelForCausalLM.from_pretrained(folder / "base_model")
-    info = json.loads((folder / "sft_info.json").read_text())
+    info = json.loads((folder / "model_info.json").read_text())
     ids = torch.tensor(info["sid_token_ids"])
     rows = exported.get_output_embeddings().weight[ids]
     assert not torch.allclose(rows, base.get_output_embeddings().weight[ids])
@@ -172,9 +175,9 @@ def test_serving_a_model_folder_without_its_run_is_a_clear_error(tmp_path: Path)
     from llmrec.serve.server import resolve_run
 
     assert resolve_run("runs/x", tmp_path) == Path("runs/x")
-    with pytest.raises(ValueError, match="--run RUN"):
+    with pytest.raises(UserError, match="--run RUN"):
         resolve_run(None, None)
-    with pytest.raises(FileNotFoundError, match="Give --run RUN"):
+    with pytest.raises(UserError, match="Give --run RUN"):
         resolve_run(None, tmp_path / "model")
 
 
@@ -183,21 +186,21 @@ def test_full_export_is_a_copy_or_a_cast(
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = train_sft(make_cfg("train_samples=16", "training.max_steps=1"), run)
-    model, tokenizer = load_sft_model(folder)
+    train_sft(make_cfg("train_samples=16", "training.max_steps=1"), run)
+    model, tokenizer = load_model(run, "sft")
     expected = _logits(model, tokenizer)
-    out = export_model(folder)
-    assert out == run / "export"
+    out = export_model(run)
+    assert out == run / "export" / "sft"
     torch.testing.assert_close(
         _logits(AutoModelForCausalLM.from_pretrained(out), tokenizer), expected
     )
-    half = export_model(run, tmp_path / "bf16", dtype="bfloat16")
+    half = export_model(run, "sft", tmp_path / "bf16", dtype="bfloat16")
     cast = AutoModelForCausalLM.from_pretrained(half)
     assert cast.dtype == torch.bfloat16
     assert AutoTokenizer.from_pretrained(half).get_vocab() == tokenizer.get_vocab()
-    with pytest.raises(ValueError, match="dtype"):
-        export_model(run, tmp_path / "bad", dtype="int3")
-    with pytest.raises(FileNotFoundError, match="llmrec train sft"):
+    with pytest.raises(UserError, match="dtype"):
+        export_model(run, "sft", tmp_path / "bad", dtype="int3")
+    with pytest.raises(UserError, match="llmrec train sft"):
         export_model(tmp_path / "nothing")
 
 
@@ -207,9 +210,11 @@ def test_module_entry_point(
     """``python -m llmrec.train.sft`` (what accelerate launch / torchrun start), in-process."""
     assert main(["--run", str(run), *tiny_overrides, "train_samples=16"]) == 0
     out = capsys.readouterr().out
-    assert "full fine-tuning of tiny: 4 steps on 1 process(es)" in out and "training loss" in out
+    assert "sft: full training of tiny: 4 steps on 1 process(es)" in out and "training loss" in out
     assert main(["--run", str(run), "training.max_steps=0", "training.num_train_epochs=0"]) == 2
     assert "set training.max_steps" in capsys.readouterr().err
+    assert main(["--run", str(run), "training.learning_rat=0.1"]) == 2
+    assert "did you mean learning_rate" in capsys.readouterr().err
 
 
 def test_max_history_rerenders_the_same_examples(
@@ -252,11 +257,11 @@ def test_lora_on_a_pretrained_folder_reloads_it_by_path(
     cfg = make_cfg(f"model={base_dir}", "finetune=lora", "lora.r=4", "train_samples=32")
     folder = train_sft(cfg, run)
     assert not (folder / "base_model").exists()
-    info = json.loads((folder / "sft_info.json").read_text())
+    info = json.loads((folder / "model_info.json").read_text())
     assert info["model"] == str(base_dir) and info["vocab_rows"] == len(tokenizer) + 24
-    peft_model, tok = load_sft_model(folder)
+    peft_model, tok = load_model(run, "sft")
     expected = _logits(peft_model, tok)
-    out = export_model(folder, tmp_path / "export")
+    out = export_model(run, "sft", tmp_path / "export")
     torch.testing.assert_close(
         _logits(AutoModelForCausalLM.from_pretrained(out), tok), expected, rtol=1e-4, atol=1e-4
     )
