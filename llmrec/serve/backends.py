@@ -6,7 +6,8 @@ time while handing the models batches. Requests that arrive within ``max_wait_ms
 other (up to ``max_batch``) and ask for the same model and beam width go through one
 ``Recommender.recommend`` call in a worker thread — HF: one constrained ``generate``; vLLM:
 every beam of every request in one engine call per SID level. A batch that fails answers its
-own requests with the error (the app turns it into a 503); the batcher keeps serving.
+requests with the error only after each was tried alone (one bad request never fails the
+others; the app turns an error into a 503), and the batcher keeps serving.
 """
 
 from __future__ import annotations
@@ -137,7 +138,6 @@ class RecommenderBackend:
     async def _run(self, key: tuple[str, int | None, int]) -> None:
         queue = self._queues[key]
         model = with_beams(self.models[key[0]], key[1])
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
             deadline = time.monotonic() + self.max_wait_ms / 1000
@@ -150,25 +150,39 @@ class RecommenderBackend:
                 except TimeoutError:
                     break
             try:
-                items, scores = await loop.run_in_executor(
-                    self._pool,
-                    model.recommend,
-                    [p.history for p in batch],
-                    key[2],
-                    [p.exclude for p in batch],
-                    [p.user for p in batch],
-                )
-            except Exception as err:  # answer every waiting request, keep the batcher alive
+                results = await self._answer(model, batch, key[2])
+            except Exception as err:
+                # One bad request must not fail the others: answer them one by one.
+                if len(batch) == 1:
+                    batch[0].future.set_exception(err)
+                    continue
                 for p in batch:
-                    p.future.set_exception(err)
+                    try:
+                        (ranked,) = await self._answer(model, [p], key[2])
+                    except Exception as one:
+                        p.future.set_exception(one)
+                    else:
+                        p.future.set_result(ranked)
                 continue
-            for p, row, values in zip(batch, items, scores, strict=True):
-                ranked = [
-                    (item, float(score))
-                    for item, score in zip(row, values, strict=True)
-                    if item and math.isfinite(score)
-                ]
+            for p, ranked in zip(batch, results, strict=True):
                 p.future.set_result(ranked)
+
+    async def _answer(
+        self, model: Recommender, batch: list[_Pending], k: int
+    ) -> list[list[tuple[str, float]]]:
+        """One ``recommend`` call for the whole batch, in the worker thread."""
+        items, scores = await asyncio.get_running_loop().run_in_executor(
+            self._pool,
+            model.recommend,
+            [p.history for p in batch],
+            k,
+            [p.exclude for p in batch],
+            [p.user for p in batch],
+        )
+        return [
+            [(i, float(s)) for i, s in zip(row, values, strict=True) if i and math.isfinite(s)]
+            for row, values in zip(items, scores, strict=True)
+        ]
 
     async def close(self) -> None:
         """Stop the batchers and the engines."""
