@@ -28,6 +28,7 @@ from llmrec.data.schema import DataError
 from llmrec.io import write_parquet_atomic
 
 SplitMethod = Literal["leave_one_out", "temporal"]
+HistoryRule = Literal["all", "test", "valid"]
 Part = Literal["valid", "test"]
 
 
@@ -89,6 +90,34 @@ class Split:
                     if before or i:  # a case needs at least one earlier interaction
                         rows.append((u, before + targets[:i], target))
         return pd.DataFrame(rows, columns=["user_id", "history", "target"])
+
+    def histories(self, rule: HistoryRule = "all") -> dict[str, tuple[list[str], str | None]]:
+        """Each user's history under ``rule`` and their first held-out test item.
+
+        ``all``: every interaction of the user (what serving uses: all we know); ``test``: the
+        interactions before the first test item (what evaluation scores); ``valid``: before the
+        validation item. The held-out item is the first test target (None without one).
+        """
+        test = self.cases("test").drop_duplicates("user_id", keep="first")
+        held = dict(zip(test["user_id"].astype(str), test["target"].astype(str), strict=True))
+        if rule in ("test", "valid"):
+            cases = self.cases(rule).drop_duplicates("user_id", keep="first")
+            return {
+                str(u): ([str(i) for i in h], held.get(str(u)))
+                for u, h in zip(cases["user_id"], cases["history"], strict=True)
+            }
+        out: dict[str, tuple[list[str], str | None]] = {}
+        for row in self.table.to_dict("records"):
+            user = str(row["user_id"])
+            items = [str(i) for i in row["train_items"]]
+            for column in ("valid_item", "test_item"):
+                if row.get(column) is not None and not pd.isna(row[column]):
+                    items.append(str(row[column]))
+            for column in ("valid_items", "test_items"):
+                if column in row and row[column] is not None:
+                    items += [str(i) for i in row[column]]
+            out[user] = (items, held.get(user))
+        return out
 
     def save(self, path: str | Path) -> None:
         """Write ``split.parquet`` atomically."""

@@ -48,7 +48,10 @@ def plot_results(rows: Sequence[dict[str, Any]], ks: Sequence[int], path: str | 
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    styles = {False: ("-", "o", "seen kept"), True: ("--", "^", "seen excluded")}
+    styles: dict[bool, tuple[Any, str, str]] = {
+        False: ("-", "o", "seen kept"),
+        True: ("--", "^", "seen excluded"),
+    }
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for r in rows:
         line, marker, _ = styles[bool(r["exclude_seen"])]

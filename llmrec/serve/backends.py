@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmrec.data.split import HistoryRule
 from llmrec.recommend.base import Recommender
 
 logger = logging.getLogger(__name__)
@@ -42,21 +43,31 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class ServingCatalog:
-    """Item ids (trie order), titles, and the known users' histories (oldest first)."""
+    """Item ids (trie order), titles, and the known users' histories (oldest first) under the
+    server's history rule (``rule``) and, in ``by_rule``, under the others a request may ask for."""
 
     item_ids: tuple[str, ...]
     titles: dict[str, str] = field(default_factory=dict)
     histories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rule: str = "all"
+    by_rule: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @functools.cached_property
     def item_set(self) -> frozenset[str]:
         """The item ids, for membership tests."""
         return frozenset(self.item_ids)
 
+    def history(self, user: str, rule: str | None = None) -> tuple[str, ...] | None:
+        """A known user's history under ``rule`` (default: the server's), None if unknown."""
+        table = self.histories if rule in (None, self.rule) else self.by_rule.get(rule or "", {})
+        return table.get(user)
+
     @classmethod
-    def from_run(cls, run: str | Path, item_ids: Sequence[str]) -> ServingCatalog:
-        """Titles from the run's items; each known user's whole history (every interaction
-        of the split, the held-out ones included)."""
+    def from_run(
+        cls, run: str | Path, item_ids: Sequence[str], rule: HistoryRule = "all"
+    ) -> ServingCatalog:
+        """Titles from the run's items; users' histories from its split under every rule
+        (``Split.histories``: all interactions, or those before the held-out test item)."""
         from llmrec.data.prepare import PreparedData
 
         prepared = PreparedData.load(run)
@@ -64,19 +75,11 @@ class ServingCatalog:
         titles = {}
         if "title" in items.columns:
             titles = dict(zip(items["item_id"], items["title"].astype(str), strict=True))
-        histories = {}
-        cases = prepared.split.cases("test")
-        for user, history, target in zip(
-            cases["user_id"], cases["history"], cases["target"], strict=True
-        ):
-            histories[str(user)] = (*(str(i) for i in history), *_targets(target))
-        return cls(tuple(item_ids), titles, histories)
-
-
-def _targets(target: Any) -> tuple[str, ...]:
-    if isinstance(target, str):
-        return (target,)
-    return tuple(str(t) for t in target) if target is not None else ()
+        by_rule = {
+            name: {u: tuple(h) for u, (h, _) in prepared.split.histories(name).items()}
+            for name in ("all", "test", "valid")
+        }
+        return cls(tuple(item_ids), titles, by_rule[rule], rule, by_rule)
 
 
 def with_beams(model: Recommender, width: int | None) -> Recommender:
