@@ -20,7 +20,7 @@ from typing import Any
 
 from llmrec.config import iter_help, load_config
 from llmrec.console import quiet_upstream
-from llmrec.errors import UserError
+from llmrec.errors import UserError, missing_extra
 
 logger = logging.getLogger("llmrec")
 
@@ -441,13 +441,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     func: Command = args.func
+    # Only user mistakes become one line; anything else is a bug and keeps its traceback.
     try:
         return func(args)
     except UserError as err:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"llmrec: error: {err}", file=sys.stderr)
-        return 2
+        return _report(err, err, args.verbose)
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err, f"llmrec {args.stage}")
+        if extra is None:
+            raise
+        return _report(extra, err, args.verbose)
+
+
+def _report(err: UserError, cause: BaseException, verbose: bool) -> int:
+    """Print a user error as one line (after its traceback under -v); exit status 2."""
+    if verbose:
+        traceback.print_exception(cause)
+    print(f"llmrec: error: {err}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -45,7 +45,11 @@ class SplitConfig:
     )
     ratios: list[float] = field(
         default_factory=lambda: [0.8, 0.1, 0.1],
-        metadata={"help": "temporal split: train/valid/test shares of all interactions"},
+        metadata={
+            "help": "temporal split: train/valid/test shares of all interactions",
+            "min": 0,
+            "min_items": 3,
+        },
     )
 
 
@@ -134,7 +138,7 @@ class Split:
             return cls("leave_one_out", frame)
         if "valid_items" in frame.columns:
             return cls("temporal", frame)
-        raise DataError(f"{path}: not a split file (no valid_item/valid_items column)")
+        raise DataError("not a split file (no valid_item/valid_items column)", file=str(path))
 
 
 def _user_sorted(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Series]:
@@ -165,7 +169,9 @@ def leave_one_out(events: pd.DataFrame, min_interactions: int = 3) -> Split:
     np.cumsum(counts[:-1], out=starts[1:])
     kept = counts >= min_interactions
     if not kept.any():
-        raise DataError(f"no user has {min_interactions} interactions; leave-one-out needs them")
+        raise DataError(
+            f"no user has {min_interactions} interactions; split.method=leave_one_out needs them"
+        )
     items_sorted = pa.array(events["item_id"].to_numpy(dtype=object), pa.string()).take(
         pa.array(order)
     )
@@ -188,7 +194,10 @@ def leave_one_out(events: pd.DataFrame, min_interactions: int = 3) -> Split:
 def temporal_split(events: pd.DataFrame, ratios: list[float] | tuple[float, ...]) -> Split:
     """Cut all interactions by time at the ratios' positions; one row per user with each part."""
     if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
-        raise DataError(f"split.ratios must be three non-negative numbers, got {list(ratios)}")
+        raise DataError(
+            f"must be three non-negative numbers, not all 0; got {list(ratios)}",
+            field="split.ratios",
+        )
     shares = np.asarray(ratios, dtype=np.float64) / float(sum(ratios))
     n = len(events)
     time_rank = np.empty(n, dtype=np.int64)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from llmrec.config import from_dict, to_dict
 from llmrec.data.split import Split
+from llmrec.errors import UserError
 from llmrec.eval.metrics import top_k
 from llmrec.eval.protocol import EvalConfig, evaluate
 from llmrec.io import atomic_path, write_json_atomic
@@ -103,7 +104,7 @@ class SASRecModel(nn.Module):
     def __init__(self, n_items: int, cfg: SASRecConfig) -> None:
         super().__init__()
         if cfg.hidden % cfg.heads:
-            raise ValueError(f"hidden {cfg.hidden} is not divisible by heads {cfg.heads}")
+            raise UserError(f"hidden {cfg.hidden} is not divisible by heads {cfg.heads}")
         self.items = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=PAD)
         self.positions = nn.Embedding(cfg.max_len, cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
