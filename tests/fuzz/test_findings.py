@@ -394,13 +394,13 @@ def test_serve_without_its_extra(
     tally: Tally,
     cli_errors: list[UserError],
 ) -> None:
-    monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` fails
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` fails
     code, err = run_cli(
         tally, "findings/extras", ["serve", "--run", str(tmp_path)], cli_errors, capsys
     )
     assert code == 2
     assert one_line_error(err) == (
-        "llmrec: error: llmrec serve needs the 'uvicorn' package: pip install 'llmrec[serve]'"
+        "llmrec: error: llmrec serve needs the 'fastapi' package: pip install 'llmrec[serve]'"
     )
 
 
