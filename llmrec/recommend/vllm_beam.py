@@ -1,13 +1,25 @@
 """Constrained beam search over SID levels, driven through a vLLM engine.
 
 vLLM's own ``LLM.beam_search`` skips per-request logits processors, so the search is written
-here, one trie level per engine call: every live beam is a request whose prompt is the user's
-prompt followed by the beam's item tokens so far (prefix caching makes that prompt nearly free),
-asking for one token with ``width`` logprobs. The trie processor masks the distribution and
-writes raw log-probabilities (see ``llmrec.constrain.vllm``), so with
-``logprobs_mode="processed_logits"`` the returned top tokens are the best *allowed* continuations
-with HF's scores. The bookkeeping (``expand``) is a pure function shared by the synchronous
-driver (``LLM``: evaluation, tests) and the asynchronous one (``AsyncLLM``: the HTTP server).
+here with vLLM's own request pattern: one trie level per engine round, every live beam one
+request whose prompt is the user's prompt followed by the beam's item tokens so far (prefix
+caching makes that prompt nearly free), asking for one token and its top log-probabilities. The
+trie processor masks the distribution and writes raw log-probabilities (see
+``llmrec.constrain.vllm``), so with ``logprobs_mode="processed_logits"`` the returned top tokens
+are the best *allowed* continuations with HF's scores. The bookkeeping (``expand``) is a pure
+function shared by the synchronous driver (``LLM``: evaluation, tests) and the asynchronous one
+(``AsyncLLM``: the HTTP server).
+
+What a level costs beyond the model's forward pass is per-request work in the engine's front
+end, so requests are kept as cheap as vLLM's own beam search makes them (measured in
+``scripts/bench/vllm_beam.py``):
+
+* one ``SamplingParams`` per user and level, shared by its beams and never deep-copied
+  (``skip_clone``; vLLM copies it per request otherwise, exclusions included);
+* prompts go in as token inputs, past the renderer, straight to ``LLMEngine.add_request``;
+* each request asks for only as many log-probabilities as a node of its level can have
+  children (``min(width, trie.max_children[depth])``: one at the end-token level), where
+  vLLM's search asks ``2 × width`` everywhere.
 
 Same rule as ``HFRecommender.score_beam`` (HF beam search, ``length_penalty=0``): keep the
 ``width`` best unfinished prefixes by summed log-probability at every level; an item is finished
@@ -45,6 +57,11 @@ class Search:
         """No live prefix is left."""
         return not self.running
 
+    @property
+    def depth(self) -> int:
+        """Tokens in every live prefix (all beams of a level have the same length)."""
+        return len(self.running[0][0]) if self.running else 0
+
 
 def expand(
     search: Search, candidates: Sequence[Sequence[tuple[int, float]]], end_token_id: int
@@ -79,15 +96,35 @@ def item_index(trie: ItemTrie) -> dict[tuple[int, ...], int]:
     }
 
 
-def step_params(search: Search, prefix_len: int, trie_path: str) -> Any:
-    """SamplingParams of one beam's next-token request."""
-    from vllm import SamplingParams
+def logprobs_needed(trie: ItemTrie, width: int, depth: int | None = None) -> int:
+    """Log-probabilities a beam request asks for at ``depth`` (every depth: the most of them).
 
+    A node has at most ``trie.max_children[depth]`` allowed continuations, so more than that
+    many top tokens would only add -inf entries for the engine to rank and send back.
+    """
+    depths = range(trie.depth) if depth is None else [depth]
+    return max(1, max(min(width, trie.max_children[d]) for d in depths if d < trie.depth))
+
+
+def step_params(
+    search: Search, prefix_len: int, trie_path: str, trie: ItemTrie | None = None
+) -> Any:
+    """SamplingParams of the next-token requests of ``search``'s beams at ``prefix_len``.
+
+    One object serves every beam of the level: vLLM copies it shallowly (``skip_clone``) and
+    returns only the final output (``FINAL_ONLY``), as its own beam search does.
+    """
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    n_logprobs = search.width if trie is None else logprobs_needed(trie, search.width, prefix_len)
     return SamplingParams(
         max_tokens=1,
         temperature=0.0,
-        logprobs=search.width,
+        logprobs=n_logprobs,
         detokenize=False,
+        skip_clone=True,
+        output_kind=RequestOutputKind.FINAL_ONLY,
         extra_args=constraint_args(trie_path, prefix_len, search.exclude),
     )
 
@@ -100,6 +137,43 @@ def _candidates(output: Any) -> list[tuple[int, float]]:
     return [(int(tok), float(lp.logprob)) for tok, lp in logprobs[0].items()]
 
 
+def _beam_requests(
+    searches: Sequence[Search], trie: ItemTrie, trie_path: str
+) -> list[tuple[Search, list[int], Any]]:
+    """(search, prompt ids, params) of every live beam of ``searches``, beam order kept."""
+    out = []
+    for s in searches:
+        params = step_params(s, s.depth, trie_path, trie)
+        out += [(s, s.prompt + list(tokens), params) for tokens, _ in s.running]
+    return out
+
+
+def run_requests(engine: Any, requests: Sequence[tuple[list[int], Any]], lora: Any) -> list[Any]:
+    """Run one-token requests on an ``LLMEngine`` to completion; outputs in request order.
+
+    The prompts are token inputs handed straight to ``add_request`` (no renderer pass, no
+    tokenizer); the engine is stepped until every request is finished.
+    """
+    from vllm.inputs import tokens_input
+
+    names: dict[str, int] = {}
+    try:
+        for i, (prompt, params) in enumerate(requests):
+            name = f"llmrec-beam-{next(_request_ids)}"
+            engine.add_request(name, tokens_input(prompt), params, lora_request=lora)
+            names[name] = i
+    except Exception:
+        if names:
+            engine.abort_request(list(names))
+        raise
+    outputs: list[Any] = [None] * len(requests)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished and out.request_id in names:
+                outputs[names[out.request_id]] = out
+    return outputs
+
+
 def beam_search(
     llm: Any, searches: list[Search], trie: ItemTrie, trie_path: str, lora_request: Any = None
 ) -> list[list[tuple[int, float]]]:
@@ -107,23 +181,18 @@ def beam_search(
 
     All users' live beams of one level go to the engine as one batch.
     """
-    from vllm.inputs import TokensPrompt
-
-    check_engine(llm.llm_engine.model_config, max(s.width for s in searches))
+    if not searches:
+        return []
+    check_engine(llm.llm_engine.model_config, max(s.width for s in searches), trie)
     for _ in range(trie.depth + 1):
         live = [s for s in searches if not s.done]
         if not live:
             break
-        prompts, params, owners = [], [], []
-        for s in live:
-            for tokens, _score in s.running:
-                prompts.append(TokensPrompt(prompt_token_ids=s.prompt + list(tokens)))
-                params.append(step_params(s, len(tokens), trie_path))
-                owners.append(s)
-        outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
+        requests = _beam_requests(live, trie, trie_path)
+        outputs = run_requests(llm.llm_engine, [(p, sp) for _, p, sp in requests], lora_request)
         by_search: dict[int, list[list[tuple[int, float]]]] = {}
-        for s, out in zip(owners, outputs, strict=True):
-            by_search.setdefault(id(s), []).append(_candidates(out))
+        for (s, _, _), out in zip(requests, outputs, strict=True):
+            by_search.setdefault(id(s), []).append(_candidates(out) if out else [])
         for s in live:
             expand(s, by_search[id(s)], trie.end_token_id)
     return [ranked(s, trie) for s in searches]
@@ -134,14 +203,14 @@ async def beam_search_async(
 ) -> list[tuple[int, float]]:
     """One user's search on a ``vllm.v1.engine.async_llm.AsyncLLM``; concurrent calls share
     the engine's batches."""
-    from vllm.inputs import TokensPrompt
+    from vllm.inputs import tokens_input
 
-    async def one(tokens: tuple[int, ...]) -> list[tuple[int, float]]:
-        prompt = TokensPrompt(prompt_token_ids=search.prompt + list(tokens))
-        params = step_params(search, len(tokens), trie_path)
+    check_engine(engine.model_config, search.width, trie)
+
+    async def one(prompt: list[int], params: Any) -> list[tuple[int, float]]:
         final = None
         async for out in engine.generate(
-            prompt, params, f"beam-{next(_request_ids)}", lora_request=lora_request
+            tokens_input(prompt), params, f"beam-{next(_request_ids)}", lora_request=lora_request
         ):
             final = out
         return _candidates(final) if final is not None else []
@@ -149,7 +218,8 @@ async def beam_search_async(
     for _ in range(trie.depth + 1):
         if search.done:
             break
-        cands = await asyncio.gather(*(one(tokens) for tokens, _ in search.running))
+        requests = _beam_requests([search], trie, trie_path)
+        cands = await asyncio.gather(*(one(p, sp) for _, p, sp in requests))
         expand(search, cands, trie.end_token_id)
     return ranked(search, trie)
 
@@ -168,22 +238,22 @@ async def greedy_async(
     sum of their raw log-probabilities (the processed logits the engine returns).
     """
     from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
+    from vllm.inputs import tokens_input
+    from vllm.sampling_params import RequestOutputKind
 
     params = SamplingParams(
         max_tokens=trie.depth,
         temperature=0.0,
         logprobs=0,
         detokenize=False,
+        skip_clone=True,
+        output_kind=RequestOutputKind.FINAL_ONLY,
         stop_token_ids=[trie.end_token_id],
         extra_args=constraint_args(trie_path, 0, exclude),
     )
     final = None
     async for out in engine.generate(
-        TokensPrompt(prompt_token_ids=prompt),
-        params,
-        f"greedy-{next(_request_ids)}",
-        lora_request=lora_request,
+        tokens_input(prompt), params, f"greedy-{next(_request_ids)}", lora_request=lora_request
     ):
         final = out
     if final is None:
@@ -197,8 +267,12 @@ async def greedy_async(
     return [(index[tokens], float(score))] if tokens in index else []
 
 
-def check_engine(model_config: Any, width: int) -> None:
-    """Raise unless the engine returns processed logits and enough of them for ``width``."""
+def check_engine(model_config: Any, width: int, trie: ItemTrie | None = None) -> None:
+    """Raise unless the engine returns processed logits and enough of them for ``width``.
+
+    With ``trie``, a beam needs ``logprobs_needed(trie, width)`` log-probabilities per request
+    (no more than a node has children); without, ``width``.
+    """
     mode = getattr(model_config, "logprobs_mode", None)
     if mode != "processed_logits":
         raise ValueError(
@@ -206,8 +280,10 @@ def check_engine(model_config: Any, width: int) -> None:
             "'processed_logits' (the constrained raw log-probabilities)"
         )
     limit = getattr(model_config, "max_logprobs", 20)
-    if limit != -1 and width > limit:
+    needed = width if trie is None else logprobs_needed(trie, width)
+    if limit != -1 and needed > limit:
         raise ValueError(
-            f"beam width {width} exceeds the engine's max_logprobs={limit}; build "
-            "the engine with a larger max_logprobs"
+            f"beam width {width} needs {needed} log-probabilities per beam request, above "
+            f"the engine's max_logprobs={limit}; use a width of at most {limit} or build the "
+            "engine with a larger max_logprobs (EngineConfig.max_logprobs)"
         )
