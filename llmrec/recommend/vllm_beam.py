@@ -51,6 +51,10 @@ class Search:
     exclude: list[int] = field(default_factory=list)
     running: list[tuple[tuple[int, ...], float]] = field(default_factory=lambda: [((), 0.0)])
     finished: list[tuple[tuple[int, ...], float]] = field(default_factory=list)
+    # prefix -> its (token, log-prob) candidates, as rollouts bring them (``beam_search``)
+    next_tokens: dict[tuple[int, ...], list[tuple[int, float]]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def done(self) -> bool:
@@ -174,13 +178,11 @@ def run_requests(engine: Any, requests: Sequence[tuple[list[int], Any]], lora: A
     return outputs
 
 
-def beam_search(
+def beam_search_levels(
     llm: Any, searches: list[Search], trie: ItemTrie, trie_path: str, lora_request: Any = None
 ) -> list[list[tuple[int, float]]]:
-    """Run every user's search to the end with a synchronous ``vllm.LLM``; per user ranked items.
-
-    All users' live beams of one level go to the engine as one batch.
-    """
+    """``beam_search`` as vLLM's own beam search runs: every live beam a new one-token request
+    at every level (all users' beams of a level in one batch). Same results, more requests."""
     if not searches:
         return []
     check_engine(llm.llm_engine.model_config, max(s.width for s in searches), trie)
@@ -198,11 +200,194 @@ def beam_search(
     return [ranked(s, trie) for s in searches]
 
 
+@dataclass
+class _Rollout:
+    """A request decoding greedily from a beam: each output brings the candidates of the next
+    prefix on its path (its own argmax child, then that child's, ...)."""
+
+    search: Search
+    name: str
+    next_prefix: tuple[int, ...]
+
+    def record(self, output: Any) -> None:
+        """File the candidates of an output (the tokens new since the last one)."""
+        completion = output.outputs[0]
+        for token, logprobs in zip(completion.token_ids, completion.logprobs or [], strict=False):
+            self.search.next_tokens[self.next_prefix] = [
+                (int(t), float(lp.logprob)) for t, lp in logprobs.items()
+            ]
+            self.next_prefix = (*self.next_prefix, int(token))
+
+
+def rollout_params(search: Search, prefix_len: int, trie: ItemTrie, trie_path: str) -> Any:
+    """SamplingParams of the rollouts of ``search``'s beams at ``prefix_len`` (one object for
+    all of them: ``skip_clone``): greedy to the item's end, the top candidates at every step,
+    every step's output as it comes (``DELTA``)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    n_logprobs = max(logprobs_needed(trie, search.width, d) for d in range(prefix_len, trie.depth))
+    return SamplingParams(
+        max_tokens=trie.depth - prefix_len,
+        temperature=0.0,
+        logprobs=n_logprobs,
+        detokenize=False,
+        skip_clone=True,
+        output_kind=RequestOutputKind.DELTA,
+        stop_token_ids=[trie.end_token_id],
+        extra_args=constraint_args(trie_path, prefix_len, search.exclude),
+    )
+
+
+def advance(
+    search: Search, end_token_id: int, rollouts: Sequence[_Rollout]
+) -> tuple[list[tuple[int, ...]], list[_Rollout]]:
+    """Expand ``search`` as far as the candidates at hand allow; then the live beams no rollout
+    will bring candidates for (each needs a new request), and the rollouts no live beam needs
+    (to abort)."""
+    while not search.done and all(t in search.next_tokens for t, _ in search.running):
+        expand(search, [search.next_tokens[t] for t, _ in search.running], end_token_id)
+    if search.done:
+        return [], list(rollouts)
+    level = search.depth
+    live = {t for t, _ in search.running}
+    keep = [r for r in rollouts if len(r.next_prefix) >= level and r.next_prefix[:level] in live]
+    coming = {r.next_prefix for r in keep}
+    need = [t for t, _ in search.running if t not in search.next_tokens and t not in coming]
+    return need, [r for r in rollouts if r not in keep]
+
+
+def beam_search(
+    llm: Any, searches: list[Search], trie: ItemTrie, trie_path: str, lora_request: Any = None
+) -> list[list[tuple[int, float]]]:
+    """Run every user's search to the end with a synchronous ``vllm.LLM``; per user ranked items.
+
+    Every beam that needs candidates gets a request that decodes greedily to the item's end
+    (a *rollout*): its first output is the beam's candidates, each later one those of the
+    beam's argmax child, then of that child's argmax child. A kept beam that is its parent's
+    argmax child (most beams at the deeper levels) thus needs no request of its own, and its
+    candidates come from a one-token decoding step on the parent's KV cache instead of a new
+    request re-reading the prompt's last, partial cache block. Rollouts whose path leaves the
+    beam are aborted. All users' requests share the engine's steps; results are those of
+    ``beam_search_levels`` (and of HF's beam search).
+    """
+    from vllm.inputs import tokens_input
+
+    if not searches:
+        return []
+    engine = llm.llm_engine
+    check_engine(engine.model_config, max(s.width for s in searches), trie)
+    end = trie.end_token_id
+    rollouts: dict[str, _Rollout] = {}
+    by_search: dict[int, list[_Rollout]] = {id(s): [] for s in searches}
+    touched = list(searches)
+    try:
+        while True:
+            drop: list[str] = []
+            for s in touched:
+                need, stale = advance(s, end, by_search[id(s)])
+                for r in stale:
+                    by_search[id(s)].remove(r)
+                    if rollouts.pop(r.name, None) is not None:
+                        drop.append(r.name)
+                if need:
+                    params = rollout_params(s, len(need[0]), trie, trie_path)
+                    for prefix in need:
+                        name = f"llmrec-beam-{next(_request_ids)}"
+                        rollout = _Rollout(s, name, prefix)
+                        rollouts[name] = rollout
+                        by_search[id(s)].append(rollout)
+                        prompt = tokens_input(s.prompt + list(prefix))
+                        engine.add_request(name, prompt, params, lora_request=lora_request)
+            if drop:
+                engine.abort_request(drop)
+            if all(s.done for s in searches):
+                break
+            if not engine.has_unfinished_requests():
+                raise RuntimeError("constrained beam search stalled: no request left to wait for")
+            seen: dict[int, Search] = {}
+            for out in engine.step():
+                got = rollouts.get(out.request_id)
+                if got is None:
+                    continue  # aborted, or not ours
+                got.record(out)
+                seen[id(got.search)] = got.search
+                if out.finished:
+                    rollouts.pop(got.name)
+                    by_search[id(got.search)].remove(got)
+            touched = list(seen.values())
+    except BaseException:
+        if rollouts:
+            engine.abort_request(list(rollouts))
+        raise
+    return [ranked(s, trie) for s in searches]
+
+
 async def beam_search_async(
     engine: Any, search: Search, trie: ItemTrie, trie_path: str, lora_request: Any = None
 ) -> list[tuple[int, float]]:
-    """One user's search on a ``vllm.v1.engine.async_llm.AsyncLLM``; concurrent calls share
-    the engine's batches."""
+    """One user's search on a ``vllm.v1.engine.async_llm.AsyncLLM`` (rollouts, as
+    ``beam_search``); concurrent calls share the engine's batches."""
+    from vllm.inputs import tokens_input
+
+    check_engine(engine.model_config, search.width, trie)
+    events: asyncio.Queue[tuple[_Rollout, Any]] = asyncio.Queue()
+    tasks: dict[str, asyncio.Task[None]] = {}
+    live: list[_Rollout] = []
+
+    async def pump(rollout: _Rollout, prompt: list[int], params: Any) -> None:
+        try:
+            async for out in engine.generate(
+                tokens_input(prompt), params, rollout.name, lora_request=lora_request
+            ):
+                events.put_nowait((rollout, out))
+        except asyncio.CancelledError:  # aborted: AsyncLLM aborts the request itself
+            raise
+        except Exception as e:
+            events.put_nowait((rollout, e))
+        events.put_nowait((rollout, None))  # no more outputs
+
+    try:
+        while True:
+            need, stale = advance(search, trie.end_token_id, live)
+            for r in stale:
+                live.remove(r)
+                task = tasks.pop(r.name, None)
+                if task is not None:
+                    task.cancel()
+            if need:
+                params = rollout_params(search, len(need[0]), trie, trie_path)
+                for prefix in need:
+                    rollout = _Rollout(search, f"beam-{next(_request_ids)}", prefix)
+                    live.append(rollout)
+                    tasks[rollout.name] = asyncio.create_task(
+                        pump(rollout, search.prompt + list(prefix), params)
+                    )
+            if search.done:
+                break
+            if not tasks:
+                raise RuntimeError("constrained beam search stalled: no request left to wait for")
+            rollout, item = await events.get()
+            if rollout.name not in tasks:
+                continue  # aborted already
+            if isinstance(item, Exception):
+                raise item
+            if item is None:
+                tasks.pop(rollout.name)
+                live.remove(rollout)
+                continue
+            rollout.record(item)
+    finally:
+        for task in tasks.values():
+            task.cancel()
+    return ranked(search, trie)
+
+
+async def beam_search_async_levels(
+    engine: Any, search: Search, trie: ItemTrie, trie_path: str, lora_request: Any = None
+) -> list[tuple[int, float]]:
+    """``beam_search_async`` with a new one-token request per beam and level (as
+    ``beam_search_levels``)."""
     from vllm.inputs import tokens_input
 
     check_engine(engine.model_config, search.width, trie)

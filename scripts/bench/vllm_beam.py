@@ -9,7 +9,10 @@ Per catalog, one process with two engines on the same model, built side by side:
 
 Rows, for every beam width (10 and 50 by default):
 
-* ``llmrec``: ``llmrec.recommend.vllm_beam.beam_search`` (constrained top-K) on engine llmrec;
+* ``llmrec``: ``llmrec.recommend.vllm_beam.beam_search`` (constrained top-K: rollouts, a new
+  request only for beams that are not their parent's argmax child) on engine llmrec;
+  ``llmrec_levels``: ``beam_search_levels`` (a new one-token request per beam and level, as
+  vLLM's beam search does), same engine, same rounds;
 * ``native``: vLLM's ``LLM.beam_search``, unconstrained, ``max_tokens`` = an item's length, on
   engine llmrec (the same engine: the limit a constrained search on it can reach) and
   ``native_default`` on engine vllm;
@@ -283,6 +286,7 @@ def make_methods(
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import BeamSearchParams, StructuredOutputsParams
 
+    from llmrec.recommend import vllm_beam
     from llmrec.recommend.vllm_beam import Search, beam_search
 
     sid_map, tokenizer = cat["sid_map"], cat["tokenizer"]
@@ -293,6 +297,11 @@ def make_methods(
 
     def llmrec(prompts: list[list[int]], width: int) -> tuple[list, list | None]:
         found = beam_search(engines["llmrec"], [Search(p, width) for p in prompts], trie, trie_path)
+        return [[i for i, _ in r] for r in found], [[s for _, s in r] for r in found]
+
+    def llmrec_levels(prompts: list[list[int]], width: int) -> tuple[list, list | None]:
+        searches = [Search(p, width) for p in prompts]
+        found = vllm_beam.beam_search_levels(engines["llmrec"], searches, trie, trie_path)
         return [[i for i, _ in r] for r in found], [[s for _, s in r] for r in found]
 
     def native(engine: str) -> Callable:
@@ -346,6 +355,8 @@ def make_methods(
         "native": native("llmrec"),
         "native_default": native("vllm"),
     }
+    if hasattr(vllm_beam, "beam_search_levels"):  # the library before rollouts had only that
+        methods["llmrec_levels"] = llmrec_levels
     for backend in args.so_backends.split(",") if args.so_backends else []:
         methods[f"structured_{backend}"] = structured(backend)
     return methods
@@ -441,8 +452,8 @@ def measure_width(
             foreign_cpu_share=load.share(),
             **_quality(result[0], result[1], refs, width),
         )
-        if name == "llmrec":
-            per_round = [a / b for a, b in zip(timed["llmrec"], timed["native"], strict=True)]
+        if name in ("llmrec", "llmrec_levels"):
+            per_round = [a / b for a, b in zip(timed[name], timed["native"], strict=True)]
             row["ratio_vs_unconstrained"] = round(statistics.median(per_round), 3)
             row["ratio_vs_unconstrained_of_medians"] = round(
                 batch_s / statistics.median(timed["native"]), 3
@@ -500,9 +511,10 @@ def catalog_worker(args: argparse.Namespace) -> None:
         engines["vllm"] = engines["llmrec"]
     methods = make_methods(cat, trie, trie_path, engines, args)
     so_names = [n for n in methods if n.startswith("structured")]
-    phases = [["llmrec", "native"], ["native_default", *so_names]]
+    first = [n for n in ("llmrec", "llmrec_levels", "native") if n in methods]
+    phases = [first, ["native_default", *so_names]]
     if args.one_engine:
-        phases = [["llmrec", "native", *so_names]]
+        phases = [[*first, *so_names]]
     load = Load()
     rows: list[dict[str, Any]] = []
     # vLLM's structured-output beam search rebuilds (or fetches) the grammar per beam and step:
@@ -526,7 +538,7 @@ def catalog_worker(args: argparse.Namespace) -> None:
 
     def save() -> None:  # after every width: a crash (or the OOM killer) keeps what was measured
         for row in rows:
-            if row["method"] == "llmrec":
+            if row["method"] in ("llmrec", "llmrec_levels"):
                 row["build_seconds"] = trie_seconds
             ours = [r for r in rows if r["width"] == row["width"] and r["method"] == "llmrec"]
             if row["method"].startswith("structured") and "batch_seconds" in row and ours:
@@ -674,6 +686,9 @@ def main() -> None:
                 "ratio_vs_unconstrained": pick(cat, "llmrec", width, "ratio_vs_unconstrained"),
                 "llmrec_recs_per_s": pick(cat, "llmrec", width, "recs_per_s"),
                 "native_recs_per_s": pick(cat, "native", width, "recs_per_s"),
+                "ratio_vs_unconstrained_levels": pick(
+                    cat, "llmrec_levels", width, "ratio_vs_unconstrained"
+                ),
                 "catalog_item_share": pick(cat, "llmrec", width, "catalog_item_share"),
                 "users_equal_hf_beam": pick(cat, "llmrec", width, "users_equal_hf_beam"),
                 "top10_overlap_exact": pick(cat, "llmrec", width, "top10_overlap_exact"),
