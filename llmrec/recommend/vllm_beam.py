@@ -1,25 +1,30 @@
 """Constrained beam search over SID levels, driven through a vLLM engine.
 
 vLLM's own ``LLM.beam_search`` skips per-request logits processors, so the search is written
-here with vLLM's own request pattern: one trie level per engine round, every live beam one
-request whose prompt is the user's prompt followed by the beam's item tokens so far (prefix
-caching makes that prompt nearly free), asking for one token and its top log-probabilities. The
-trie processor masks the distribution and writes raw log-probabilities (see
-``llmrec.constrain.vllm``), so with ``logprobs_mode="processed_logits"`` the returned top tokens
-are the best *allowed* continuations with HF's scores. The bookkeeping (``expand``) is a pure
-function shared by the synchronous driver (``LLM``: evaluation, tests) and the asynchronous one
-(``AsyncLLM``: the HTTP server).
+here. vLLM cannot fork a sequence, so a beam's candidates come from a request whose prompt is
+the user's prompt followed by the beam's item tokens so far (prefix caching makes that prompt
+nearly free, up to its last, partial cache block). The trie processor masks the distribution and
+writes raw log-probabilities (see ``llmrec.constrain.vllm``), so with
+``logprobs_mode="processed_logits"`` the returned top tokens are the best *allowed*
+continuations with HF's scores. The bookkeeping (``expand``, ``advance``) is pure and shared by
+the synchronous driver (``LLM``: evaluation, tests) and the asynchronous one (``AsyncLLM``: the
+HTTP server).
 
-What a level costs beyond the model's forward pass is per-request work in the engine's front
-end, so requests are kept as cheap as vLLM's own beam search makes them (measured in
+``beam_search`` / ``beam_search_async`` send *rollouts*: a request decodes greedily from its
+beam to the item's end and returns the top candidates at every step, so the beam's argmax child
+(and that child's) get theirs from a one-token decoding step on the request's KV cache. Only
+beams that are not their parent's argmax child need a request of their own; rollouts whose path
+leaves the beam are aborted. ``beam_search_levels`` / ``beam_search_async_levels`` use vLLM's
+own pattern instead: a new one-token request for every live beam at every level.
+
+Requests are kept as cheap as vLLM's own beam search makes them (measured in
 ``scripts/bench/vllm_beam.py``):
 
 * one ``SamplingParams`` per user and level, shared by its beams and never deep-copied
   (``skip_clone``; vLLM copies it per request otherwise, exclusions included);
 * prompts go in as token inputs, past the renderer, straight to ``LLMEngine.add_request``;
-* each request asks for only as many log-probabilities as a node of its level can have
-  children (``min(width, trie.max_children[depth])``: one at the end-token level), where
-  vLLM's search asks ``2 × width`` everywhere.
+* a request asks for only as many log-probabilities as a node can have children
+  (``min(width, trie.max_children[depth])``), where vLLM's search asks ``2 × width``.
 
 Same rule as ``HFRecommender.score_beam`` (HF beam search, ``length_penalty=0``): keep the
 ``width`` best unfinished prefixes by summed log-probability at every level; an item is finished
