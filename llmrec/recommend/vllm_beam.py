@@ -97,7 +97,7 @@ def ranked(search: Search, trie: ItemTrie) -> list[tuple[int, float]]:
     return [(index[tokens], score) for tokens, score in best if tokens in index]
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)  # bounded: a server swaps tries, a process must not grow
 def item_index(trie: ItemTrie) -> dict[tuple[int, ...], int]:
     """Item token sequence (end token included) → item index, built once per trie."""
     return {
