@@ -82,17 +82,29 @@ class _Row:
     output: list[int]  # vLLM's live list of the request's output tokens
     exclude: tuple[int, ...]
 
+    @property
+    def length(self) -> int:
+        """Item tokens generated so far."""
+        return len(self.prompt_tail) + len(self.output)
+
     def generated(self) -> list[int]:
         return [*self.prompt_tail, *self.output]
 
 
-def _parse(extra: dict[str, Any] | None) -> tuple[str, int, tuple[int, ...]] | None:
-    """(trie path, prefix length, exclusions) of a request, None if it is unconstrained."""
+def _parse(
+    extra: dict[str, Any] | None, check: bool = True
+) -> tuple[str, int, tuple[int, ...]] | None:
+    """(trie path, prefix length, exclusions) of a request, None if it is unconstrained.
+
+    ``check=False`` skips the checks (the engine side: ``validate_params`` ran at admission).
+    """
     if not extra or extra.get(ARG_TRIE) is None:
         return None
     path = extra[ARG_TRIE]
     prefix = extra.get(ARG_PREFIX, 0)
     exclude = extra.get(ARG_EXCLUDE) or ()
+    if not check:
+        return path, prefix, tuple(exclude)
     if not isinstance(path, str) or not Path(path).is_file():
         raise ValueError(f"{ARG_TRIE} must name a trie file saved by save_trie, got {path!r}")
     if not isinstance(prefix, int) or isinstance(prefix, bool) or prefix < 0:
@@ -149,7 +161,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         """Track which batch rows are constrained (added, removed, moved requests)."""
 
         def new_row(params: Any, prompt: list[int] | None, output: list[int]) -> _Row | None:
-            parsed = _parse(params.extra_args)
+            parsed = _parse(params.extra_args, check=False)
             if parsed is None:
                 return None
             path, prefix, exclude = parsed
@@ -160,27 +172,40 @@ class TrieLogitsProcessor(LogitsProcessor):
         process_dict_updates(self.rows, batch_update, new_row)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Mask every constrained row in place; other rows are left as they are."""
+        """Mask every constrained row in place; other rows are left as they are.
+
+        Rows are grouped by trie and generated length (one ``constrain`` call each). A group
+        that fills a contiguous run of batch rows (a beam-search level: every row of the batch)
+        is normalised and masked in place on a view; others go through a gather and a copy back.
+        """
         if not self.rows:
             return logits
         groups: dict[tuple[str, int], list[int]] = {}
+        n_rows = logits.shape[0]
         for index, row in self.rows.items():
-            if index < logits.shape[0]:
-                groups.setdefault(
-                    (row.trie_path, len(row.prompt_tail) + len(row.output)), []
-                ).append(index)
+            if index < n_rows:
+                groups.setdefault((row.trie_path, row.length), []).append(index)
         for (path, _), indices in groups.items():
+            indices.sort()
             trie = self._trie(path)
             rows = [self.rows[i] for i in indices]
-            idx = torch.tensor(indices, device=logits.device)
             generated = torch.tensor(
                 [r.generated() for r in rows], dtype=torch.long, device=logits.device
             ).reshape(len(rows), -1)
-            # Raw log-probabilities, so processed logits are HF's beam scores (see module doc).
-            scores = torch.log_softmax(logits[idx], dim=-1).nan_to_num_(nan=float("-inf"))
             banned = banned_rows = None
             if any(r.exclude for r in rows):
                 banned = torch.stack([self._ban_row(path, r.exclude) for r in rows])
                 banned_rows = torch.arange(len(rows), device=logits.device)
-            logits[idx] = trie.constrain(scores, generated, banned, banned_rows)
+            lo, hi = indices[0], indices[-1] + 1
+            if hi - lo == len(indices):
+                view = logits[lo:hi]
+                # Raw log-probabilities, so processed logits are HF's beam scores (module doc).
+                view.copy_(torch.log_softmax(view, dim=-1)).nan_to_num_(nan=float("-inf"))
+                out = trie.constrain(view, generated, banned, banned_rows, inplace=True)
+                if out.data_ptr() != view.data_ptr():  # every path is in place today
+                    view.copy_(out)
+                continue
+            idx = torch.tensor(indices, device=logits.device)
+            scores = torch.log_softmax(logits[idx], dim=-1).nan_to_num_(nan=float("-inf"))
+            logits[idx] = trie.constrain(scores, generated, banned, banned_rows, inplace=True)
         return logits

@@ -45,7 +45,13 @@ class EngineConfig:
     enforce_eager: bool = field(
         default=True, metadata={"help": "skip graph capture/compilation (CPU start: 25 s vs 75 s)"}
     )
-    max_logprobs: int = field(default=64, metadata={"help": "widest beam the engine can serve"})
+    max_logprobs: int = field(
+        default=128,
+        metadata={
+            "help": "top log-probabilities a request may ask: a constrained beam of width W asks "
+            "min(W, the widest trie node), so this bounds the widest beam"
+        },
+    )
     max_num_seqs: int = field(default=256, metadata={"help": "requests per engine step"})
     kv_cache_gb: float = field(
         default=1.0, metadata={"help": "CPU KV cache (VLLM_CPU_KVCACHE_SPACE) if unset"}
@@ -55,6 +61,13 @@ class EngineConfig:
     max_loras: int = field(default=4, metadata={"help": "adapters in one batch"})
     max_lora_rank: int = field(default=16, metadata={"help": "largest adapter rank"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
+    executor: str = field(
+        default="",
+        metadata={
+            "help": "distributed_executor_backend ('' = vLLM's choice; 'uni' runs the model in "
+            "the engine process, one process hop less per step)"
+        },
+    )
 
 
 def engine_kwargs(model_dir: str | Path, cfg: EngineConfig) -> dict[str, Any]:
@@ -74,6 +87,8 @@ def engine_kwargs(model_dir: str | Path, cfg: EngineConfig) -> dict[str, Any]:
     }
     if cfg.max_model_len:
         kwargs["max_model_len"] = cfg.max_model_len
+    if cfg.executor:
+        kwargs["distributed_executor_backend"] = cfg.executor
     if cfg.enable_lora:
         kwargs.update(enable_lora=True, max_loras=cfg.max_loras, max_lora_rank=cfg.max_lora_rank)
     return kwargs

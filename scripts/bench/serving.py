@@ -15,6 +15,8 @@ flight until ``--requests`` are answered or ``--max-seconds`` pass, after warm-u
 answer is checked: HTTP 200, ``k`` distinct catalog items, none from the history.
 
 Rows: ``beam`` (k = 10, beam width 10: the API's top-K) and ``greedy`` (k = 1, width 1).
+``--vllm-search levels`` serves the vLLM backend's beams with ``beam_search_async_levels`` (a new
+one-token request per beam and level) instead of the default rollouts.
 ``summary.throughput_ratio_vllm_vs_hf`` is the beam row's. CPU use by other processes during each
 row is recorded (``foreign_cpu_share``: 0 = the benchmark alone, 1 = every core busy elsewhere).
 
@@ -115,6 +117,14 @@ def worker(args: argparse.Namespace) -> None:
     trie = ItemTrie.from_sid_map(sid_map, tokenizer, tokenizer.eos_token_id)
     prompts = SidPrompts(tokenizer, dict(zip(sid_map.item_ids, sid_map.all_sids(), strict=True)))
     catalog = ServingCatalog(trie.item_ids)
+
+    if args.vllm_search == "levels":
+        # The level-by-level search (a new one-token request per beam and level), for
+        # comparison with the default rollouts.
+        from llmrec.recommend import vllm_beam
+        from llmrec.serve import backends
+
+        backends.beam_search_async = vllm_beam.beam_search_async_levels  # type: ignore[assignment]
 
     def make_backend() -> Backend:
         if args.worker == "vllm":
@@ -228,6 +238,8 @@ def run_backend(
         str(args.threads),
         "--device",
         args.device,
+        "--vllm-search",
+        args.vllm_search,
     ] + (["--compile"] if args.compile else [])
     t0 = time.perf_counter()
     log = (workdir / f"{backend}.log").open("w")
@@ -297,6 +309,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8931)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--backends", default="vllm,hf", help="comma-separated subset to run")
+    ap.add_argument(
+        "--vllm-search",
+        choices=["rollouts", "levels"],
+        default="rollouts",
+        help="vLLM beam search: rollouts (default) or a new request per beam and level",
+    )
     ap.add_argument("--worker", choices=["vllm", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -350,6 +368,7 @@ def main() -> None:
         "loadavg_before": load_before,
         "vllm_cpu_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
         "hf_threads": args.threads,
+        "vllm_search": args.vllm_search,
     }
     print("\nsummary:", json.dumps(summary, indent=1))
     settings = {k: v for k, v in vars(args).items() if k not in ("worker", "workdir", "out")}
