@@ -230,6 +230,7 @@ class Rollouts:
 def valid_mass(trie: ItemTrie, logprobs: torch.Tensor, generated: torch.Tensor) -> float:
     """Mean share of the full softmax that the trie allows at each step of each row: how far
     the constrained (renormalised) policy is from the full one (1 = identical)."""
+    trie = trie if trie.device == logprobs.device else trie.to(logprobs.device)
     shares = []
     for t in range(logprobs.shape[1]):
         allowed = trie.constrain(torch.zeros_like(logprobs[:, t]), generated[:, :t]).isfinite()
