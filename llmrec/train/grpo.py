@@ -11,8 +11,9 @@ adapter on the merged SFT export; the reference model is the frozen SFT model ei
 harness (``stage.py``) does keys, checkpoints and resume, constrained validation
 (``val_ndcg@10``) and the stage folder.
 
-On vLLM (``training.use_vllm: true``) TRL keeps the engine's weights in sync, but the rollouts
-here still decode with transformers: see ``docs/alignment.md`` for the vLLM status.
+On vLLM (``training.use_vllm: true, vllm_mode: server``) sample rollouts run on TRL's vLLM
+server with the same trie processor (``vllm_rollouts.py``); beam rollouts always decode with
+transformers on the training model. ``docs/alignment.md`` says what of that is tested where.
 """
 
 from __future__ import annotations
@@ -78,7 +79,14 @@ def build_grpo(cfg: GRPOStageConfig, ctx: TrainingContext) -> BuiltTrainer:
     stop_at_item_end(policy.model, decoding.trie.end_token_id)
     dataset, by_text = window_dataset(ctx.layout, decoding, cfg, seed)
     g = int(ctx.args.num_generations)
-    rollouts = Rollouts(decoding, by_text, cfg.rollout.mode, g, cfg.rollout.batch_size)
+    rollouts = Rollouts(
+        decoding,
+        by_text,
+        cfg.rollout.mode,
+        g,
+        cfg.rollout.batch_size,
+        trie_path=ctx.checkpoint_dir / "trie.pt",  # read by a vLLM server (sample mode)
+    )
     codes = [tuple(row) for row in decoding.sid_map.codes.tolist()]
     sid_codes = dict(zip(decoding.sid_map.item_ids, codes, strict=True))
     needs_sasrec = "collaborative" in cfg.rewards

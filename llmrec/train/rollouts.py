@@ -22,16 +22,20 @@ valid mass Z (logged as ``rollouts/valid_mass``: ≈ 1 for a model trained on SI
 and ``logp`` use the same full softmax (HF beam search takes log-softmax before the processors).
 Hence the importance-sampling correction: ``beam`` is not sampling at all (a deterministic set;
 no ratio exists), so ``vllm_importance_sampling_correction`` is forced off; ``sample`` returns
-the full-softmax log-probabilities of the drawn tokens, so on vLLM the ratio corrects only the
-engine/trainer mismatch it exists for (keep it on); on HF, TRL ignores ``logprobs`` (the
-sampler and the trainer are the same model) — on-policy up to the constraint.
+the full-softmax log-probabilities of the drawn tokens; on HF, TRL ignores ``logprobs`` (the
+sampler and the trainer are the same model) — on-policy up to the constraint. On a vLLM server
+(``vllm_rollouts.py``) the engine's log-probabilities are the renormalised constrained ones
+(TRL's ``processed_logprobs``), so the ratio corrects the engine/trainer mismatch it exists for,
+times the valid mass Z ≈ 1: keep it on there.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -74,6 +78,8 @@ class Rollouts:
     mode: Literal["beam", "sample"]
     num_generations: int
     batch_size: int = 16
+    # Where the trie is saved for a vLLM server to load (sample mode with use_vllm only).
+    trie_path: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "llmrec-trie.pt")
     _tokens: dict[str, list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -92,7 +98,7 @@ class Rollouts:
             if self.mode == "beam":
                 out = self.beam(model, prompts, first_row)
             else:
-                out = self.sample(model, prompts, trainer.args)
+                out = self.sample(model, prompts, trainer)
         finally:
             model.train(was_training)
         items = out["item"]
@@ -147,8 +153,41 @@ class Rollouts:
         return out
 
     @torch.inference_mode()
-    def sample(self, model: Any, prompts: Sequence[str], args: Any) -> dict[str, Any]:
-        """One constrained sample per row, with its full-softmax token log-probabilities."""
+    def sample(self, model: Any, prompts: Sequence[str], trainer: Any) -> dict[str, Any]:
+        """One constrained sample per row, with its token log-probabilities: the policy's full
+        softmax here, the server's on vLLM (``vllm_rollouts.py``)."""
+        encoded = {p: self.decoding.prompts.encode(self.windows[p].history) for p in set(prompts)}
+        rows = [encoded[p] for p in prompts]
+        extra: dict[str, Any] = {}
+        if getattr(trainer, "use_vllm", False):
+            from llmrec.train.vllm_rollouts import sample_on_server
+
+            completion_ids, logprobs = sample_on_server(
+                trainer, rows, self.decoding.trie, self.trie_path
+            )
+        else:
+            completion_ids, logprobs, mass = self._hf_samples(model, rows, trainer.args)
+            extra["valid_mass"] = mass
+        trie = self.decoding.trie
+        items = trie.items_of(torch.tensor(_pad_right(completion_ids, trie.end_token_id)))
+        logp = [sum(lp) for lp in logprobs]
+        ranks, target_ranks = self._sample_ranks(prompts, items, logp)
+        return {
+            "prompt_ids": rows,
+            "completion_ids": completion_ids,
+            "logprobs": logprobs,
+            "item": items,
+            "rank": ranks,
+            "target_rank": target_ranks,
+            "logp": logp,
+            **extra,
+        }
+
+    def _hf_samples(
+        self, model: Any, rows: Sequence[list[int]], args: Any
+    ) -> tuple[list[list[int]], list[list[float]], float]:
+        """Constrained samples with transformers: completions, full-softmax log-probabilities
+        of their tokens, and the mean valid mass."""
         trie = self.decoding.trie
         temperature = float(getattr(args, "temperature", 1.0) or 1.0)
         settings = {
@@ -159,17 +198,15 @@ class Rollouts:
             "repetition_penalty": getattr(args, "repetition_penalty", 1.0),
             **(getattr(args, "generation_kwargs", None) or {}),
         }
-        encoded = {p: self.decoding.prompts.encode(self.windows[p].history) for p in set(prompts)}
         pad = self.decoding.prompts.tokenizer.pad_token_id
         pad = trie.end_token_id if pad is None else pad
         device = next(model.parameters()).device
-        rows_per_call = self.batch_size * self.num_generations
+        per_call = self.batch_size * self.num_generations
         completion_ids: list[list[int]] = []
         logprobs: list[list[float]] = []
         masses: list[float] = []
-        for start in range(0, len(prompts), rows_per_call):
-            chunk = [encoded[p] for p in prompts[start : start + rows_per_call]]
-            ids, mask = left_pad(chunk, pad)
+        for start in range(0, len(rows), per_call):
+            ids, mask = left_pad(rows[start : start + per_call], pad)
             kwargs = constrained_generate_kwargs(
                 model,
                 trie,
@@ -191,19 +228,7 @@ class Rollouts:
                 end = tokens.index(trie.end_token_id) + 1 if trie.end_token_id in tokens else None
                 completion_ids.append(tokens[:end])
                 logprobs.append(chosen[row, : len(completion_ids[-1])].tolist())
-        items = trie.items_of(torch.tensor(_pad_right(completion_ids, trie.end_token_id)))
-        logp = [sum(lp) for lp in logprobs]
-        ranks, target_ranks = self._sample_ranks(prompts, items, logp)
-        return {
-            "prompt_ids": [encoded[p] for p in prompts],
-            "completion_ids": completion_ids,
-            "logprobs": logprobs,
-            "item": items,
-            "rank": ranks,
-            "target_rank": target_ranks,
-            "logp": logp,
-            "valid_mass": sum(masses) / len(masses),
-        }
+        return completion_ids, logprobs, sum(masses) / len(masses)
 
     def _sample_ranks(
         self, prompts: Sequence[str], items: Sequence[str | None], logp: Sequence[float]

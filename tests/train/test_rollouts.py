@@ -35,7 +35,12 @@ class FakeTrainer:
 
     @property
     def accelerator(self) -> Any:
-        return SimpleNamespace(unwrap_model=lambda m: m, process_index=self.process_index)
+        return SimpleNamespace(
+            unwrap_model=lambda m: m,
+            process_index=self.process_index,
+            num_processes=1,
+            is_main_process=True,
+        )
 
     def _log_metric(self, name: str, value: float) -> None:
         self.metrics.setdefault(name, []).append(value)
@@ -161,3 +166,39 @@ def test_hard_negatives_are_the_best_wrong_items(
     # As wide as the catalog: every item but the target, each once.
     every = hard_negatives(rec, windows, len(catalog))
     assert all(set(neg) == catalog - {w.target} for w, neg in zip(windows, every, strict=True))
+
+
+class FakeClient:
+    """TRL's VLLMClient as the rollouts use it: answers with one catalog item per prompt."""
+
+    def __init__(self, item_tokens: list[list[int]]) -> None:
+        self.items, self.calls = item_tokens, []
+
+    def generate(self, prompts: list[list[int]], **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        ids = [self.items[i % len(self.items)] + [0, 0] for i in range(len(prompts))]  # padded
+        return {"completion_ids": ids, "logprobs": [[[-0.5]] * len(c) for c in ids]}
+
+
+def test_sample_rollouts_on_a_vllm_server_send_the_trie_with_each_request(
+    setup: tuple[RunDecoding, dict[str, Any], Any], tmp_path: Path
+) -> None:
+    decoding, by_text, model = setup
+    tokens = item_tokens(decoding)
+    client = FakeClient(list(tokens.values())[:3])
+    trainer = FakeTrainer(model, SimpleNamespace(temperature=0.7, generation_kwargs=None))
+    trainer.use_vllm = True  # type: ignore[attr-defined]
+    trainer.vllm_generation = SimpleNamespace(mode="server", vllm_client=client)  # type: ignore[attr-defined]
+    rollouts = Rollouts(decoding, by_text, "sample", G, trie_path=tmp_path / "trie.pt")
+    out = rollouts(_prompts(by_text, 2), trainer)
+    (call,) = client.calls
+    assert call["generation_kwargs"]["vllm_xargs"]["llmrec_trie"] == str(tmp_path / "trie.pt")
+    assert call["generation_kwargs"]["stop_token_ids"] == [decoding.trie.end_token_id]
+    assert call["max_tokens"] == decoding.trie.depth and call["temperature"] == 0.7
+    assert (tmp_path / "trie.pt").is_file()  # saved once for the server to load
+    assert all(item in tokens for item in out["item"])
+    assert out["completion_ids"][0] == next(iter(tokens.values()))  # cut after the end token
+    assert [len(lp) for lp in out["logprobs"]] == [len(c) for c in out["completion_ids"]]
+    with pytest.raises(Exception, match="vllm_mode=server"):
+        trainer.vllm_generation = SimpleNamespace(mode="colocate")  # type: ignore[attr-defined]
+        Rollouts(decoding, by_text, "sample", G)(_prompts(by_text, 1), trainer)
