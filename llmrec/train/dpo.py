@@ -282,14 +282,13 @@ def _checkpoint_step(checkpoint: str | bool | None) -> int:
 
 def build_dpo(cfg: DPOStageConfig, ctx: TrainingContext) -> BuiltTrainer:
     """The SFT policy, round 0's pairs (mined by it) → ``RecDPOTrainer``."""
-    from llmrec.train.grpo import window_dataset
-    from llmrec.train.policy import load_policy, stop_at_item_end
+    from llmrec.train.policy import load_policy, stop_at_item_end, window_dataset
 
     seed = int(ctx.args.seed)
     policy = load_policy(ctx.layout, cfg.finetune, cfg.lora, ctx.state, seed)
     decoding = RunDecoding.load(ctx.layout, policy.tokenizer)
     stop_at_item_end(policy.model, decoding.trie.end_token_id)
-    _, by_text = window_dataset(ctx.layout, decoding, cfg, seed)
+    _, by_text = window_dataset(ctx.layout, decoding, cfg.windows, seed)
     pairs = RoundPairs(
         decoding,
         list(by_text.values()),

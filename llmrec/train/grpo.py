@@ -24,8 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmrec.config import ConfigError
-from llmrec.run import SASREC, RunLayout
+from llmrec.run import SASREC
 from llmrec.train.align_config import GRPOStageConfig, validate_grpo
 from llmrec.train.stage import (
     BuiltTrainer,
@@ -41,35 +40,12 @@ logger = logging.getLogger(__name__)
 STAGE = "grpo"
 
 
-def window_dataset(layout: RunLayout, decoding: Any, cfg: Any, seed: int) -> tuple[Any, dict]:
-    """The training windows as a TRL prompt dataset (``prompt``, ``history``, ``target``) and
-    the prompt → window map the rollouts and pair builders read."""
-    from datasets import Dataset
-
-    from llmrec.data.prepare import PreparedData
-    from llmrec.train.policy import training_windows, unique_prompts
-
-    split = PreparedData.load(layout.root).split
-    windows = training_windows(split.table["train_items"].tolist(), cfg.windows, seed)
-    by_text = unique_prompts(windows, decoding.prompts)
-    if not by_text:
-        raise ConfigError("windows: no training window is long enough (see windows.min_history)")
-    dataset = Dataset.from_dict(
-        {
-            "prompt": list(by_text),
-            "history": [list(w.history) for w in by_text.values()],
-            "target": [w.target for w in by_text.values()],
-        }
-    )
-    return dataset, by_text
-
-
 def build_grpo(cfg: GRPOStageConfig, ctx: TrainingContext) -> BuiltTrainer:
     """The SFT policy, the window prompts, constrained rollouts, rewards → ``GRPOTrainer``."""
     from trl import GRPOTrainer
 
     from llmrec.recommend.prompting import RunDecoding
-    from llmrec.train.policy import load_policy, stop_at_item_end
+    from llmrec.train.policy import load_policy, stop_at_item_end, window_dataset
     from llmrec.train.rewards import RewardContext, build_rewards
     from llmrec.train.rollouts import Rollouts
 
@@ -77,7 +53,7 @@ def build_grpo(cfg: GRPOStageConfig, ctx: TrainingContext) -> BuiltTrainer:
     policy = load_policy(ctx.layout, cfg.finetune, cfg.lora, ctx.state, seed)
     decoding = RunDecoding.load(ctx.layout, policy.tokenizer)
     stop_at_item_end(policy.model, decoding.trie.end_token_id)
-    dataset, by_text = window_dataset(ctx.layout, decoding, cfg, seed)
+    dataset, by_text = window_dataset(ctx.layout, decoding, cfg.windows, seed)
     g = int(ctx.args.num_generations)
     rollouts = Rollouts(
         decoding,

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from llmrec.config import ConfigError
 from llmrec.errors import UserError
 from llmrec.recommend.prompting import PromptBuilder
 from llmrec.run import RunLayout
@@ -71,6 +72,30 @@ def unique_prompts(windows: Sequence[Window], prompts: PromptBuilder) -> dict[st
     if len(by_text) < len(windows):
         logger.info("%d windows repeat another's prompt; dropped", len(windows) - len(by_text))
     return by_text
+
+
+def window_dataset(
+    layout: RunLayout, decoding: Any, cfg: WindowsSection, seed: int
+) -> tuple[Any, dict[str, Window]]:
+    """The training windows as a TRL prompt dataset (``prompt``, ``history``, ``target``) and
+    the prompt → window map the rollouts and pair builders read."""
+    from datasets import Dataset
+
+    from llmrec.data.prepare import PreparedData
+
+    split = PreparedData.load(layout.root).split
+    windows = training_windows(split.table["train_items"].tolist(), cfg, seed)
+    by_text = unique_prompts(windows, decoding.prompts)
+    if not by_text:
+        raise ConfigError("windows: no training window is long enough (see windows.min_history)")
+    dataset = Dataset.from_dict(
+        {
+            "prompt": list(by_text),
+            "history": [list(w.history) for w in by_text.values()],
+            "target": [w.target for w in by_text.values()],
+        }
+    )
+    return dataset, by_text
 
 
 @dataclass
