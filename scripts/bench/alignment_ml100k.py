@@ -81,22 +81,24 @@ def _busy() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def rank(run: Path, stage: str, part: str, exclude: bool) -> EvalResult:
+def rank(run: Path, stage: str, part: str, exclude: bool, max_users: int | None) -> EvalResult:
     """Exact full ranking of ``stage``'s model on ``part`` (HR and NDCG at 10 and 50)."""
     rec = load(run, stage, mode="exact", batch_size=16, progress=True)
     prepared = PreparedData.load(run)
     catalog = prepared.items["item_id"].astype(str).tolist()
-    cfg = EvalConfig(ks=[10, 50], part=part, bootstrap=1000)  # type: ignore[arg-type]
+    cfg = EvalConfig(ks=[10, 50], part=part, bootstrap=1000, max_users=max_users)  # type: ignore[arg-type]
     return evaluate(rec, prepared.split, cfg, stage, catalog, exclude_seen=exclude)
 
 
-def evaluated(run: Path, stage: str, cache: Path) -> dict[str, Any]:
+def evaluated(run: Path, stage: str, cache: Path, max_users: int | None) -> dict[str, Any]:
     """Validation NDCG@10 and test results of a trained stage, cached in ``cache``."""
     if cache.is_file():
         return dict(json.loads(cache.read_text()))
-    out: dict[str, Any] = {"valid_ndcg@10": rank(run, stage, "valid", False).metrics["ndcg@10"]}
+    out: dict[str, Any] = {
+        "valid_ndcg@10": rank(run, stage, "valid", False, max_users).metrics["ndcg@10"]
+    }
     for exclude in (False, True):
-        result = rank(run, stage, "test", exclude)
+        result = rank(run, stage, "test", exclude, max_users)
         key = "excluded" if exclude else "kept"
         out[key] = result.metrics
         out[f"{key}_per_user"] = result.per_user[["user_id", "ndcg@10", "recall@50"]].to_dict(
@@ -114,7 +116,9 @@ def paired(model: dict[str, Any], sft: dict[str, Any], metric: str) -> tuple[flo
     return float(diff.mean()), low, high
 
 
-def train_variant(base: Path, work: Path, name: str, seed: int) -> tuple[Path, str, float]:
+def train_variant(
+    base: Path, work: Path, name: str, seed: int, extra: list[str]
+) -> tuple[Path, str, float]:
     """Train one variant on a copy of the base run (skipped when done); its run, stage, time."""
     from llmrec.train.align_config import DPOStageConfig, GRPOStageConfig
     from llmrec.train.dpo import train_dpo
@@ -128,7 +132,7 @@ def train_variant(base: Path, work: Path, name: str, seed: int) -> tuple[Path, s
     shutil.rmtree(run, ignore_errors=True)
     copy_run(base, run)
     cls, train = (GRPOStageConfig, train_grpo) if stage == "grpo" else (DPOStageConfig, train_dpo)
-    cfg: Any = load_config(cls, ROOT / recipe, [*overrides, f"training.seed={seed}"])
+    cfg: Any = load_config(cls, ROOT / recipe, [*overrides, *extra, f"training.seed={seed}"])
     with CpuMeter() as meter:
         train(cfg, run)
     info = {"train_seconds": meter.seconds, "foreign_cpu_share": meter.foreign}
@@ -139,19 +143,23 @@ def train_variant(base: Path, work: Path, name: str, seed: int) -> tuple[Path, s
 def quality(args: argparse.Namespace) -> dict[str, Any]:
     """Rows for SFT and every variant (the best by validation over three seeds)."""
     args.work.mkdir(parents=True, exist_ok=True)
-    sft = evaluated(args.base, "sft", args.work / "sft.json")
+    sft = evaluated(args.base, "sft", args.work / "sft.json", args.max_users)
     sft_seconds = json.loads((args.base / "sft" / "metrics.json").read_text())["train"][
         "train_runtime"
     ]
     results: list[tuple[str, int, dict[str, Any], float]] = [("SFT", 42, sft, sft_seconds)]
     for name in args.variants:
-        run, stage, seconds = train_variant(args.base, args.work, name, SEEDS[0])
-        results.append((name, SEEDS[0], evaluated(run, stage, run / "bench.json"), seconds))
+        run, stage, seconds = train_variant(args.base, args.work, name, SEEDS[0], args.set)
+        results.append(
+            (name, SEEDS[0], evaluated(run, stage, run / "bench.json", args.max_users), seconds)
+        )
     best = max(results[1:], key=lambda r: r[2]["valid_ndcg@10"])[0] if args.variants else None
     if best is not None:
         for seed in SEEDS[1 : args.seeds]:
-            run, stage, seconds = train_variant(args.base, args.work, best, seed)
-            results.append((best, seed, evaluated(run, stage, run / "bench.json"), seconds))
+            run, stage, seconds = train_variant(args.base, args.work, best, seed, args.set)
+            results.append(
+                (best, seed, evaluated(run, stage, run / "bench.json", args.max_users), seconds)
+            )
     rows = []
     for name, seed, res, seconds in results:
         for key in ("kept", "excluded"):
@@ -207,6 +215,10 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true", help="the speed part only")
     ap.add_argument("--reps", type=int, default=3, help="speed: repetitions of each timing")
     ap.add_argument("--tag", default="", help="suffix of the results file")
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every variant"
+    )
+    ap.add_argument("--max-users", type=int, help="evaluate a seeded sample of users (smoke)")
     args = ap.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
     torch.manual_seed(0)
@@ -221,6 +233,7 @@ def main() -> None:
     else:
         report.update(quality(args))
         report["recipes"] = {n: {"recipe": r, "overrides": o} for n, (_, r, o) in VARIANTS.items()}
+        report["overrides"] = args.set
     report["machine"] = {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
