@@ -81,24 +81,23 @@ def _busy() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def rank(run: Path, stage: str, part: str, exclude: bool, max_users: int | None) -> EvalResult:
-    """Exact full ranking of ``stage``'s model on ``part`` (HR and NDCG at 10 and 50)."""
+def evaluated(run: Path, stage: str, cache: Path, max_users: int | None) -> dict[str, Any]:
+    """Validation NDCG@10 and test results (HR and NDCG at 10 and 50, exact full ranking) of a
+    trained stage, cached in ``cache``. One recommender serves all three evaluations: its exact
+    scores are remembered per history, so the test with seen items excluded costs nothing."""
+    if cache.is_file():
+        return dict(json.loads(cache.read_text()))
     rec = load(run, stage, mode="exact", batch_size=16, progress=True)
     prepared = PreparedData.load(run)
     catalog = prepared.items["item_id"].astype(str).tolist()
-    cfg = EvalConfig(ks=[10, 50], part=part, bootstrap=1000, max_users=max_users)  # type: ignore[arg-type]
-    return evaluate(rec, prepared.split, cfg, stage, catalog, exclude_seen=exclude)
 
+    def rank(part: str, exclude: bool) -> EvalResult:
+        cfg = EvalConfig(ks=[10, 50], part=part, bootstrap=1000, max_users=max_users)  # type: ignore[arg-type]
+        return evaluate(rec, prepared.split, cfg, stage, catalog, exclude_seen=exclude)
 
-def evaluated(run: Path, stage: str, cache: Path, max_users: int | None) -> dict[str, Any]:
-    """Validation NDCG@10 and test results of a trained stage, cached in ``cache``."""
-    if cache.is_file():
-        return dict(json.loads(cache.read_text()))
-    out: dict[str, Any] = {
-        "valid_ndcg@10": rank(run, stage, "valid", False, max_users).metrics["ndcg@10"]
-    }
+    out: dict[str, Any] = {"valid_ndcg@10": rank("valid", False).metrics["ndcg@10"]}
     for exclude in (False, True):
-        result = rank(run, stage, "test", exclude, max_users)
+        result = rank("test", exclude)
         key = "excluded" if exclude else "kept"
         out[key] = result.metrics
         out[f"{key}_per_user"] = result.per_user[["user_id", "ndcg@10", "recall@50"]].to_dict(

