@@ -72,7 +72,8 @@ class CpuMeter:
         wall = time.perf_counter() - self.t0
         own = time.process_time() - self.own0
         foreign = (_busy() - self.busy0 - own) / max(wall * (os.cpu_count() or 1), 1e-9)
-        self.seconds, self.foreign = wall, max(0.0, foreign)
+        # own CPU seconds: close to the wall time on a quiet machine with one thread.
+        self.seconds, self.foreign, self.cpu_seconds = wall, max(0.0, foreign), own
 
 
 def _busy() -> float:
@@ -117,8 +118,8 @@ def paired(model: dict[str, Any], sft: dict[str, Any], metric: str) -> tuple[flo
 
 def train_variant(
     base: Path, work: Path, name: str, seed: int, extra: list[str]
-) -> tuple[Path, str, float]:
-    """Train one variant on a copy of the base run (skipped when done); its run, stage, time."""
+) -> tuple[Path, str, dict[str, float]]:
+    """Train one variant on a copy of the base run (skipped when done); its run, stage, times."""
     from llmrec.train.align_config import DPOStageConfig, GRPOStageConfig
     from llmrec.train.dpo import train_dpo
     from llmrec.train.grpo import train_grpo
@@ -127,16 +128,20 @@ def train_variant(
     run = work / f"{stage}-{overrides[0].split('=')[1] if overrides else 'pairs'}-s{seed}"
     timing = run / "bench_train.json"
     if timing.is_file():
-        return run, stage, float(json.loads(timing.read_text())["train_seconds"])
+        return run, stage, dict(json.loads(timing.read_text()))
     shutil.rmtree(run, ignore_errors=True)
     copy_run(base, run)
     cls, train = (GRPOStageConfig, train_grpo) if stage == "grpo" else (DPOStageConfig, train_dpo)
     cfg: Any = load_config(cls, ROOT / recipe, [*overrides, *extra, f"training.seed={seed}"])
     with CpuMeter() as meter:
         train(cfg, run)
-    info = {"train_seconds": meter.seconds, "foreign_cpu_share": meter.foreign}
+    info = {
+        "train_seconds": meter.seconds,
+        "train_cpu_seconds": meter.cpu_seconds,
+        "foreign_cpu_share": meter.foreign,
+    }
     write_text_atomic(timing, json.dumps(info) + "\n")
-    return run, stage, meter.seconds
+    return run, stage, info
 
 
 def quality(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,21 +151,23 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     sft_seconds = json.loads((args.base / "sft" / "metrics.json").read_text())["train"][
         "train_runtime"
     ]
-    results: list[tuple[str, int, dict[str, Any], float]] = [("SFT", 42, sft, sft_seconds)]
+    results: list[tuple[str, int, dict[str, Any], dict[str, float]]] = [
+        ("SFT", 42, sft, {"train_seconds": sft_seconds})
+    ]
     for name in args.variants:
-        run, stage, seconds = train_variant(args.base, args.work, name, SEEDS[0], args.set)
+        run, stage, times = train_variant(args.base, args.work, name, SEEDS[0], args.set)
         results.append(
-            (name, SEEDS[0], evaluated(run, stage, run / "bench.json", args.max_users), seconds)
+            (name, SEEDS[0], evaluated(run, stage, run / "bench.json", args.max_users), times)
         )
     best = max(results[1:], key=lambda r: r[2]["valid_ndcg@10"])[0] if args.variants else None
     if best is not None:
         for seed in SEEDS[1 : args.seeds]:
-            run, stage, seconds = train_variant(args.base, args.work, best, seed, args.set)
+            run, stage, times = train_variant(args.base, args.work, best, seed, args.set)
             results.append(
-                (best, seed, evaluated(run, stage, run / "bench.json", args.max_users), seconds)
+                (best, seed, evaluated(run, stage, run / "bench.json", args.max_users), times)
             )
     rows = []
-    for name, seed, res, seconds in results:
+    for name, seed, res, times in results:
         for key in ("kept", "excluded"):
             m = res[key]
             d, lo, hi = paired(res[f"{key}_per_user"], sft[f"{key}_per_user"], "ndcg@10")
@@ -180,7 +187,9 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
                     "delta_hr@50_ci_low": lo50,
                     "delta_hr@50_ci_high": hi50,
                     "valid_ndcg@10": res["valid_ndcg@10"],
-                    "train_seconds": round(seconds, 1),
+                    "train_seconds": round(times["train_seconds"], 1),
+                    "train_cpu_seconds": round(times.get("train_cpu_seconds", float("nan")), 1),
+                    "train_foreign_cpu_share": times.get("foreign_cpu_share"),
                 }
             )
     aligned = [r for r in rows if r["model"] != "SFT" and not r["exclude_seen"]]

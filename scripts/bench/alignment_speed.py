@@ -102,6 +102,7 @@ def rollouts_and_rewards(base: Path, meter: Any, reps: int) -> dict[str, Any]:
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
     foreign: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     invalid: dict[str, float] = {}
     last: dict[str, Any] = {}
     for _ in range(reps + 1):  # the first round warms up
@@ -110,6 +111,7 @@ def rollouts_and_rewards(base: Path, meter: Any, reps: int) -> dict[str, Any]:
                 out = fn()
             times[name].append(m.seconds)
             foreign[name].append(m.foreign)
+            cpu[name].append(m.cpu_seconds)
             invalid[name] = sum(i is None for i in out["item"]) / len(out["item"])
             last[name] = out
     rows = [
@@ -120,6 +122,7 @@ def rollouts_and_rewards(base: Path, meter: Any, reps: int) -> dict[str, Any]:
             "completions_per_s": len(prompts) / _median(times[name][1:]),
             "invalid_share": invalid[name],
             "foreign_cpu_share": _median(foreign[name][1:]),
+            "cpu_seconds": _median(cpu[name][1:]),
         }
         for name in runs
     ]
@@ -224,5 +227,6 @@ def measure(base: Path, work: Path, meter: Any, reps: int = 3) -> dict[str, Any]
     for mode in ("beam", "sample"):
         with meter() as m:
             row = grpo_steps(base, work, mode, steps=reps + 3)
+        row["cpu_seconds_per_step"] = m.cpu_seconds / row["steps"]  # set-up included
         out["grpo_steps"].append({**row, "foreign_cpu_share": m.foreign})
     return out
