@@ -69,8 +69,9 @@ class GRPOStageConfig:
     rewards: dict[str, float] = field(
         default_factory=lambda: {"hit": 1.0, "ranking": 1.0},
         metadata={
-            "help": "reward name → weight: hit, ranking, collaborative, semantic, or "
-            "'package.module:function' (a TRL reward function; see llmrec.train.rewards)"
+            "help": "reward name → weight: hit, ranking, ranking_above, collaborative, "
+            "semantic, or 'package.module:function' (a TRL reward function; see "
+            "llmrec.train.rewards)"
         },
     )
     windows: WindowsSection = field(default_factory=WindowsSection)

@@ -93,7 +93,7 @@ def evaluated(run: Path, stage: str, cache: Path, max_users: int | None) -> dict
     catalog = prepared.items["item_id"].astype(str).tolist()
 
     def rank(part: str, exclude: bool) -> EvalResult:
-        cfg = EvalConfig(ks=[10, 50], part=part, bootstrap=1000, max_users=max_users)  # type: ignore[arg-type]
+        cfg = EvalConfig(ks=[10, 50], part=part, bootstrap=1000, max_users=max_users)
         return evaluate(rec, prepared.split, cfg, stage, catalog, exclude_seen=exclude)
 
     out: dict[str, Any] = {"valid_ndcg@10": rank("valid", False).metrics["ndcg@10"]}

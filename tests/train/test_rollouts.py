@@ -91,7 +91,7 @@ def test_rollouts_name_only_catalog_items_under_adversarial_settings(
     prompts = _prompts(by_text, 6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = Rollouts(decoding, by_text, mode, G, batch_size=4)(prompts, trainer)  # type: ignore[arg-type]
+        out = Rollouts(decoding, by_text, mode, G, batch_size=4)(prompts, trainer)
     catalog = set(decoding.trie.item_ids)
     tokens = item_tokens(decoding)
     assert len(out["completion_ids"]) == len(prompts) == len(out["item"])
@@ -187,8 +187,8 @@ def test_sample_rollouts_on_a_vllm_server_send_the_trie_with_each_request(
     tokens = item_tokens(decoding)
     client = FakeClient(list(tokens.values())[:3])
     trainer = FakeTrainer(model, SimpleNamespace(temperature=0.7, generation_kwargs=None))
-    trainer.use_vllm = True  # type: ignore[attr-defined]
-    trainer.vllm_generation = SimpleNamespace(mode="server", vllm_client=client)  # type: ignore[attr-defined]
+    trainer.use_vllm = True  # type: ignore
+    trainer.vllm_generation = SimpleNamespace(mode="server", vllm_client=client)  # type: ignore
     rollouts = Rollouts(decoding, by_text, "sample", G, trie_path=tmp_path / "trie.pt")
     out = rollouts(_prompts(by_text, 2), trainer)
     (call,) = client.calls
@@ -200,5 +200,5 @@ def test_sample_rollouts_on_a_vllm_server_send_the_trie_with_each_request(
     assert out["completion_ids"][0] == next(iter(tokens.values()))  # cut after the end token
     assert [len(lp) for lp in out["logprobs"]] == [len(c) for c in out["completion_ids"]]
     with pytest.raises(Exception, match="vllm_mode=server"):
-        trainer.vllm_generation = SimpleNamespace(mode="colocate")  # type: ignore[attr-defined]
+        trainer.vllm_generation = SimpleNamespace(mode="colocate")  # type: ignore
         Rollouts(decoding, by_text, "sample", G)(_prompts(by_text, 1), trainer)
