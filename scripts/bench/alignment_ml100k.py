@@ -202,6 +202,19 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         "best_ndcg@10_kept": max((r["ndcg@10"] for r in aligned), default=None),
         "goal_ndcg@10_kept": GOAL_NDCG10,
     }
+    for key in ("kept", "excluded"):
+        seeds = [r for r in rows if r["model"] == best and r["exclude_seen"] == (key == "excluded")]
+        if seeds:
+            summary[f"best_over_seeds_{key}"] = {
+                "seeds": [r["seed"] for r in seeds],
+                **{
+                    m: float(np.mean([r[m] for r in seeds]))
+                    for m in ("ndcg@10", "hr@10", "hr@50", "delta_ndcg@10", "delta_hr@50")
+                },
+                "ndcg@10_sd": float(np.std([r["ndcg@10"] for r in seeds], ddof=1))
+                if len(seeds) > 1
+                else None,
+            }
     summary["goal_reached"] = bool(
         summary["ci_above_zero"] and (summary["best_ndcg@10_kept"] or 0) >= GOAL_NDCG10
     )
