@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from llmrec.config import iter_help, load_config
-from llmrec.errors import UserError
+from llmrec.console import quiet_upstream
+from llmrec.errors import UserError, missing_extra
 
 logger = logging.getLogger("llmrec")
 
@@ -131,6 +132,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """llmrec recommend: one user's (or one history's) top-k with titles."""
+    from llmrec.recommend.loading import load
+    from llmrec.recommend.lookup import recommend_for
+
+    history = [i.strip() for i in args.history.split(",") if i.strip()] if args.history else None
+    rec = load(args.run, args.stage, mode=args.mode, num_beams=args.num_beams)
+    found = recommend_for(
+        args.run,
+        rec,
+        user_id=args.user,
+        history=history,
+        k=args.k,
+        rule=args.history_rule,
+        exclude_seen=not args.keep_seen,
+    )
+    print(found.format())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """llmrec serve."""
     from llmrec.serve.server import ServeConfig, serve
@@ -209,6 +230,33 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=["float32", "bfloat16", "float16"], help="default: as trained"
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing export")
+
+
+def _recommend_args(parser: argparse.ArgumentParser) -> None:
+    from llmrec.recommend.base import DEFAULT_BEAMS
+    from llmrec.run import TRAINED
+
+    parser.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id of the run's data")
+    who.add_argument("--history", help="item ids, oldest first, comma-separated")
+    parser.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    parser.add_argument("--stage", choices=TRAINED, help="trained stage (default: the newest)")
+    parser.add_argument(
+        "--history-rule",
+        choices=["all", "test", "valid"],
+        default="all",
+        help="a known user's interactions to use: all (default, as the server), or those before "
+        "the held-out test item (as evaluation: the held-out item can then be found)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["beam", "exact"],
+        default="beam",
+        help="constrained beam search (default, as the server) or exact full ranking",
+    )
+    parser.add_argument("--num-beams", type=int, default=DEFAULT_BEAMS, help="beam width")
+    parser.add_argument("--keep-seen", action="store_true", help="allow items of the history")
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -311,6 +359,18 @@ def _verbs() -> list[Verb]:
             "llmrec.eval.stage:EvalStageConfig",
         ),
         Verb(
+            "recommend",
+            None,
+            "a user's top-k with titles, from the run's trained model",
+            "One known user's recommendations (their history under --history-rule) or an "
+            "explicit history's, with titles and scores, what they watched last and, for a test "
+            "user, the held-out item: the answer the server gives for the same user, rule and "
+            "decoding.",
+            cmd_recommend,
+            None,
+            _recommend_args,
+        ),
+        Verb(
             "serve",
             None,
             "serve the run's model over HTTP (HF or vLLM)",
@@ -335,6 +395,7 @@ Stages write into one run directory, each its own subfolder:
   train     sft (full, LoRA, QLoRA), then alignment   → <run>/<trainer>/
   export    merge a trained stage into one checkpoint → <run>/export/<stage>/
   eval      trained models beside Pop and SASRec      → <run>/eval/
+  recommend one user's top-k with titles
   serve     the run's model over HTTP (HF or vLLM)
 Start with `llmrec quickstart`, or `llmrec data prepare --run runs/ml100k`."""
 
@@ -373,19 +434,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmrec`` command."""
     args = build_parser().parse_args(argv)
+    quiet_upstream(args.verbose)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     func: Command = args.func
+    # Only user mistakes become one line; anything else is a bug and keeps its traceback.
     try:
         return func(args)
     except UserError as err:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"llmrec: error: {err}", file=sys.stderr)
-        return 2
+        return _report(err, err, args.verbose)
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err, f"llmrec {args.stage}")
+        if extra is None:
+            raise
+        return _report(extra, err, args.verbose)
+
+
+def _report(err: UserError, cause: BaseException, verbose: bool) -> int:
+    """Print a user error as one line (after its traceback under -v); exit status 2."""
+    if verbose:
+        traceback.print_exception(cause)
+    print(f"llmrec: error: {err}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

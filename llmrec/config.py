@@ -125,9 +125,61 @@ def _from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     return cls(**kwargs)
 
 
+def check_config(config: Any, prefix: str = "") -> None:
+    """Check every field of a config dataclass (nested sections too) against its bounds.
+
+    Bounds are declared in the field's metadata next to its help text, e.g.
+    ``field(default=20, metadata={"help": ..., "min": 1})``; see ``check_bounds``.
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_config(value, f"{prefix}{f.name}.")
+        else:
+            check_bounds(value, f.metadata, f"{prefix}{f.name}")
+
+
+def check_bounds(value: Any, metadata: Mapping[str, Any], key: str) -> Any:
+    """Check ``value`` against a field's declared bounds; return it unchanged.
+
+    ``metadata`` may hold ``min`` / ``max`` (inclusive) and ``gt`` (exclusive) for numbers,
+    applied to each element of a list and each value of a mapping, and ``min_items`` for lists
+    and mappings. A value out of range fails naming the dotted ``key``.
+    """
+    min_items = metadata.get("min_items")
+    if (
+        min_items is not None
+        and isinstance(value, list | tuple | Mapping)
+        and len(value) < min_items
+    ):
+        raise ConfigError(
+            f"needs at least {min_items} entr{'y' if min_items == 1 else 'ies'}, got {value!r}",
+            field=key,
+        )
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_bounds(v, {**metadata, "min_items": None}, f"{key}.{k}")
+        return value
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_bounds(v, {**metadata, "min_items": None}, f"{key}[{i}]")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if "min" in metadata and not value >= metadata["min"]:
+        raise ConfigError(f"must be at least {metadata['min']}, got {value!r}", field=key)
+    if "gt" in metadata and not value > metadata["gt"]:
+        raise ConfigError(f"must be greater than {metadata['gt']}, got {value!r}", field=key)
+    if "max" in metadata and not value <= metadata["max"]:
+        raise ConfigError(f"must be at most {metadata['max']}, got {value!r}", field=key)
+    return value
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None) -> T:
-    """Build a config dataclass from a plain mapping, validating every key and type."""
-    return _from_mapping(cls, data or {}, "")
+    """Build a config dataclass from a plain mapping, validating every key, type and range."""
+    config = _from_mapping(cls, data or {}, "")
+    check_config(config)
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -189,6 +241,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder, not a YAML file") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} cannot be read: {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -206,7 +262,9 @@ def build_config(
     try:
         return from_dict(cls, merged)
     except ConfigError as err:
-        raise ConfigError(f"{err}{source}") from None
+        raise ConfigError(
+            err.message + source, file=err.file, line=err.line, field=err.field, row=err.row
+        ) from None
 
 
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any], cls: Any) -> dict[str, Any]:

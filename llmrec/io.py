@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ from llmrec.errors import MissingStageError
 logger = logging.getLogger(__name__)
 
 MARKER = "_DONE.json"
+# A stage's temporary folder younger than this is never removed as stale: its builder may not
+# hold the lock on it yet (it is created, then locked, a moment later).
+STALE_GRACE_SECONDS = 60.0
 
 
 def _umask() -> int:
@@ -104,7 +108,8 @@ class StageDir:
         """The marker's content if the stage completed, else None."""
         try:
             data = json.loads(self.marker.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            # Missing, unreadable (e.g. --run names a file) or half-written: not done.
             return None
         return data if isinstance(data, dict) else None
 
@@ -138,8 +143,12 @@ class StageDir:
         # swap is an atomic rename), also for nested stages such as "baselines/sasrec".
         parent, name = self.path.parent, self.path.name
         parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
         os.chmod(tmp, 0o777 & ~_umask())
+        # Held until the folder is renamed into place or removed: a later build that finds the
+        # folder unlocked knows its builder died (killed runs leave their .tmp folders behind).
+        lock = _lock_folder(tmp)
         try:
             extra = fill(tmp) or {}
             marker = {"stage": self.stage, "config_hash": config_hash, **extra}
@@ -156,7 +165,62 @@ class StageDir:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)
         return True
+
+
+def _lock_folder(folder: Path) -> int | None:
+    """Open ``folder`` and take an exclusive lock on it; None where locks are unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no stale-folder cleanup either
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    # Blocking: the only other holder of a fresh folder's lock is a stale-folder probe, which
+    # lets go at once (and never removes a folder younger than the grace period).
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _is_stale(folder: Path, now: float) -> bool:
+    """True if no process holds ``folder``'s lock and it is older than the grace period."""
+    import fcntl
+
+    try:
+        if now - folder.stat().st_mtime < STALE_GRACE_SECONDS:
+            return False
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # gone already, or not ours to open
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a live build holds it
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's lock again
+    return True
+
+
+def remove_stale_tmp(parent: Path, now: float | None = None) -> list[Path]:
+    """Remove the ``.<stage>.<random>.tmp`` folders under ``parent`` that killed builds left.
+
+    A live build holds an ``flock`` on its folder (see ``StageDir.build``), so a folder nobody
+    locks, older than ``STALE_GRACE_SECONDS``, belongs to a process that is gone. Returns what
+    was removed.
+    """
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for folder in sorted(parent.glob(".*.tmp")):
+        if folder.is_dir() and not folder.is_symlink() and _is_stale(folder, now):
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.info("removed %s, left by a build that did not finish", folder)
+            removed.append(folder)
+    return removed
 
 
 FINGERPRINT_CACHE = ".fingerprints.json"

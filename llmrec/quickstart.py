@@ -22,6 +22,13 @@ logger = logging.getLogger(__name__)
 
 SECTIONS = ("data", "index", "instruct", "sft", "eval")
 
+NEXT_STEPS = """
+next:
+  llmrec recommend --run {run} --user {user}        # a user's top-10 (all their history)
+  pip install -e '.[serve]' && llmrec serve --run {run}    # HTTP on 127.0.0.1:8000
+  curl -s -X POST localhost:8000/v1/recommend -H 'content-type: application/json' \\
+       -d '{{"user_id": "{user}", "k": 5}}'"""
+
 
 def recipes_dir() -> Path:
     """``recipes/`` of a source checkout, else the copy packaged inside llmrec."""
@@ -81,12 +88,13 @@ def run_quickstart(
     """Run every stage into ``run`` and report as it goes; returns the evaluation rows."""
     from llmrec.data.prepare import prepare_data, summary
     from llmrec.eval.report import results_table
-    from llmrec.eval.stage import run_eval, top_items_for_user
+    from llmrec.eval.stage import run_eval
     from llmrec.indexing.build import build_index, format_report
     from llmrec.indexing.sid_map import SemanticIdMap
     from llmrec.instruct.build import build_instruct
     from llmrec.instruct.build import format_summary as instruct_summary
     from llmrec.recommend.loading import load
+    from llmrec.recommend.lookup import recommend_for
     from llmrec.train.sft import train_sft
     from llmrec.train.stage import format_summary as sft_summary
 
@@ -119,6 +127,10 @@ def run_quickstart(
     stage(6, "a test user's top-10 from the trained model (seen items excluded)")
     ecfg = plan["eval"]
     rec = load(run, "sft", mode=ecfg.llm_mode, num_beams=ecfg.num_beams, batch_size=ecfg.batch_size)
-    say(top_items_for_user(run, rec))
+    user = str(prepared.split.cases("test")["user_id"].iloc[0])
+    # The evaluation's history rule: the interactions before the held-out item, which can then
+    # turn up in the list.
+    say(recommend_for(run, rec, user_id=user, k=10, rule="test").format())
     say(f"\ndone in {time.perf_counter() - start:.0f} s; rerun to skip every finished stage")
+    say(NEXT_STEPS.format(run=run, user=user))
     return rows

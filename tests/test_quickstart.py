@@ -35,20 +35,79 @@ def test_plan_reads_each_stage_from_the_recipe() -> None:
         load_plan(overrides=["sft.training.no_such_key=3"])
 
 
-@pytest.mark.slow
-def test_quickstart_end_to_end_then_skips(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, str]:
+    """One quickstart run with a few steps of everything: (run folder, rows, what it said)."""
     said: list[str] = []
-    rows = run_quickstart(tmp_path / "run", overrides=FAST, say=said.append)
-    text = "\n".join(said)
+    run = tmp_path_factory.mktemp("quickstart") / "run"
+    rows = run_quickstart(run, overrides=FAST, say=said.append)
+    return run, rows, "\n".join(said)
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end_then_skips(quick: tuple[Path, list, str]) -> None:
+    run, rows, text = quick
+    tmp_path = run.parent
     assert [(r["model"], r["exclude_seen"]) for r in rows] == [
         (m, e) for m in ("LLM (exact)", "Pop", "SASRec") for e in (False, True)
     ]
     assert all(r["invalid@10"] == 0 for r in rows if r["model"].startswith("LLM"))
     assert "NDCG@10" in text and (tmp_path / "run" / "eval" / "plot.png").exists()
     top = text.split("[6/6]")[1]
-    assert top.count("\n  ") >= 11 and "held-out next item:" in top  # 10 titled lines + target
+    assert top.count("\n  ") >= 11 and "held-out test item:" in top  # 10 titled lines + target
+    assert "llmrec serve --run" in text  # the next steps are printed
     markers = sorted((tmp_path / "run").glob("**/_DONE.json"))
     assert {m.parent.name for m in markers} >= {"data", "sids", "instruct", "sft", "eval", "sasrec"}
     stamps = [m.stat().st_mtime_ns for m in markers]
     assert run_quickstart(tmp_path / "run", overrides=FAST, say=lambda _: None) == rows
     assert [m.stat().st_mtime_ns for m in markers] == stamps  # nothing rebuilt
+
+
+@pytest.mark.slow
+def test_after_the_quickstart_recommend_serve_and_curl_agree(
+    quick: tuple[Path, list, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's path after the quickstart: `llmrec recommend` for a test user, `llmrec
+    serve` (HF backend) and a request for the same user give the same items."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from llmrec.cli import main
+    from llmrec.data.prepare import PreparedData
+    from llmrec.serve.server import ServeConfig, build_app
+
+    run = quick[0]
+    user = str(PreparedData.load(run).split.cases("test")["user_id"].iloc[0])
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(run), "--user", user, "-k", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert f"user {user} (history rule all" in printed and "held-out test item" in printed
+    with TestClient(build_app(ServeConfig(backend="hf"), run)) as client:
+        answer = client.post("/v1/recommend", json={"user_id": user, "k": 5}).json()
+    titles = [item["title"] for item in answer["items"]]
+    assert len(titles) == 5 and answer["backend"] == "hf"
+    for rank, title in enumerate(titles, start=1):
+        assert f"{rank:>2}. {title}  (" in printed  # same items, same order
+    # The evaluation's rule hides the held-out item from the history, as the quickstart shows.
+    assert main(["recommend", "--run", str(run), "--user", user, "--history-rule", "test"]) == 0
+    assert "(not seen)" in capsys.readouterr().out
+
+
+def test_missing_run_and_missing_extra_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from llmrec.cli import main
+
+    missing = tmp_path / "nothing"
+    assert main(["eval", "--run", str(missing)]) == 2
+    assert "llmrec data prepare" in capsys.readouterr().err
+    assert not missing.exists()  # nothing left behind
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
+    )
+    assert main(["serve", "--run", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'llmrec[serve]'" in err

@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from llmrec.data.readers import read_jsonl
+from llmrec.data.readers import REPLACED_LINES, read_jsonl
 from llmrec.data.schema import (
     DataError,
+    EncodingErrors,
     Interactions,
     Source,
     finalize_events,
@@ -77,7 +78,9 @@ def _join_text(values: pd.Series) -> pd.Series:
     return values.map(lambda v: " ".join(v) if v is not None and len(v) else "").astype("str")
 
 
-def _read_reviews(source: Source, fmt: AmazonFormat, with_reviews: bool) -> pd.DataFrame:
+def _read_reviews(
+    source: Source, fmt: AmazonFormat, with_reviews: bool
+) -> tuple[pd.DataFrame, int]:
     fields: dict[str, pa.DataType] = {
         fmt.user: STR,
         fmt.item: STR,
@@ -99,10 +102,10 @@ def _read_reviews(source: Source, fmt: AmazonFormat, with_reviews: bool) -> pd.D
         title = raw[fmt.review_title].fillna("").astype("str")
         text = raw[fmt.review_text].fillna("").astype("str")
         frame["review"] = (title + ". " + text).str.strip(". ")
-    return finalize_events(frame, source)
+    return finalize_events(frame, source), raw.attrs.get(REPLACED_LINES, 0)
 
 
-def _read_meta(source: Source, fmt: AmazonFormat) -> pd.DataFrame:
+def _read_meta(source: Source, fmt: AmazonFormat) -> tuple[pd.DataFrame, int]:
     # The 2018 files hold `description` sometimes as a list, sometimes as a string; read the
     # list form and let the error path say which line differs.
     fields: dict[str, pa.DataType] = {
@@ -124,7 +127,7 @@ def _read_meta(source: Source, fmt: AmazonFormat) -> pd.DataFrame:
             "main_category": raw[fmt.main_category].fillna("").astype("str"),
         }
     )
-    return finalize_items(items, source)
+    return finalize_items(items, source), raw.attrs.get(REPLACED_LINES, 0)
 
 
 def load_amazon(
@@ -135,24 +138,27 @@ def load_amazon(
     name: str | None = None,
     with_reviews: bool = False,
     unknown_items: str = "error",
+    encoding_errors: EncodingErrors = "strict",
 ) -> Interactions:
     """Load an Amazon Reviews category: review file plus optional ``meta_*`` file.
 
     ``release`` is ``"2023"`` (items keyed by ``parent_asin``, timestamps in milliseconds) or
     ``"2018"`` (``asin``, seconds). ``with_reviews`` keeps review text for preference tasks.
+    ``encoding_errors`` is ``strict`` (invalid UTF-8 fails) or ``replace`` (read as U+FFFD).
     """
     formats = {"2023": AMAZON_2023, "2018": AMAZON_2018}
     if release not in formats:
         raise DataError(f"unknown Amazon release {release!r}; use 2023 or 2018")
     fmt = formats[release]
-    review_src = Source.from_path(reviews)
-    events = _read_reviews(review_src, fmt, with_reviews)
+    review_src = Source.from_path(reviews, encoding_errors)
+    events, replaced = _read_reviews(review_src, fmt, with_reviews)
     items = None
     sources = [review_src.name]
     if meta is not None:
-        meta_src = Source.from_path(meta)
-        items = _read_meta(meta_src, fmt)
+        meta_src = Source.from_path(meta, encoding_errors)
+        items, meta_replaced = _read_meta(meta_src, fmt)
+        replaced += meta_replaced
         sources.append(meta_src.name)
     events, items = link_items(events, items, review_src, unknown_items)
     stem = Path(reviews).name.split(".")[0]
-    return Interactions(events, items, name or f"amazon{release}-{stem}", tuple(sources))
+    return Interactions(events, items, name or f"amazon{release}-{stem}", tuple(sources), replaced)

@@ -35,10 +35,12 @@ class FilterConfig:
         },
     )
     min_user_interactions: int = field(
-        default=0, metadata={"help": "k-core: users need at least this many interactions"}
+        default=0,
+        metadata={"help": "k-core: users need at least this many interactions", "min": 0},
     )
     min_item_interactions: int = field(
-        default=0, metadata={"help": "k-core: items need at least this many interactions"}
+        default=0,
+        metadata={"help": "k-core: items need at least this many interactions", "min": 0},
     )
 
 
@@ -84,7 +86,7 @@ def _report(name: str, before: pd.DataFrame, after: pd.DataFrame) -> FilterRepor
 def filter_rating(events: pd.DataFrame, min_rating: float) -> tuple[pd.DataFrame, FilterReport]:
     """Keep interactions whose rating is at least ``min_rating``."""
     if "rating" not in events.columns:
-        raise DataError("filters.min_rating is set but the data has no 'rating' field")
+        raise DataError("is set but the data has no 'rating' field", field="filters.min_rating")
     kept = events[events["rating"].to_numpy() >= min_rating].reset_index(drop=True)
     return kept, _report(f"min_rating>={min_rating:g}", events, kept)
 
@@ -149,5 +151,5 @@ def apply_filters(
         )
         reports.append(report)
     if len(events) == 0:
-        raise DataError("the filters removed every interaction; loosen them")
+        raise DataError("removed every interaction; loosen them", field="filters")
     return events, reports

@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from llmrec.data.atomic import load_atomic
-from llmrec.data.readers import read_delimited
+from llmrec.data.readers import REPLACED_LINES, check_utf8, decode_text, read_delimited
 from llmrec.data.schema import (
     DataError,
+    EncodingErrors,
     Interactions,
     Source,
     finalize_events,
@@ -105,7 +106,7 @@ def fetch_recbole_wheel(directory: Path | None = None) -> Path:
                 "dataset.path at a GroupLens ml-100k folder."
             )
         if _sha256(fetched) != RECBOLE_WHEEL_SHA256:
-            raise DataError(f"{fetched}: unexpected SHA-256; refusing to use it")
+            raise DataError("unexpected SHA-256; refusing to use it", file=str(fetched))
         os.replace(fetched, wheel)
     return wheel
 
@@ -151,10 +152,25 @@ def _split_title_year(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
     return title, year
 
 
-def load_ml100k_grouplens(path: str | Path, unknown_items: str = "error") -> Interactions:
-    """ML-100K from a GroupLens folder holding ``u.data`` and ``u.item``."""
+def _folder(path: str | Path, files: tuple[str, ...]) -> Path:
+    """A GroupLens folder, failing with what it should hold when ``path`` is something else."""
     folder = Path(path)
-    data_src = Source.from_path(folder / "u.data")
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is a file"
+        raise DataError(
+            f"{what}; it must be a GroupLens folder holding {' and '.join(files)}",
+            file=str(folder),
+            field="dataset.path",
+        )
+    return folder
+
+
+def load_ml100k_grouplens(
+    path: str | Path, unknown_items: str = "error", encoding_errors: EncodingErrors = "strict"
+) -> Interactions:
+    """ML-100K from a GroupLens folder holding ``u.data`` and ``u.item``."""
+    folder = _folder(path, ("u.data", "u.item"))
+    data_src = Source.from_path(folder / "u.data", encoding_errors)
     raw = read_delimited(data_src, "\t", ["user_id", "item_id", "rating", "timestamp"])
     events = finalize_events(raw, data_src)
     item_src = Source.from_path(folder / "u.item")
@@ -173,21 +189,33 @@ def load_ml100k_grouplens(path: str | Path, unknown_items: str = "error") -> Int
     )
     items = finalize_items(items, item_src)
     events, items = link_items(events, items, data_src, unknown_items)
-    return Interactions(events, items, "ml-100k", (data_src.name, item_src.name))
+    replaced = raw.attrs.get(REPLACED_LINES, 0)
+    return Interactions(events, items, "ml-100k", (data_src.name, item_src.name), replaced)
 
 
 def _double_colon(source: Source, names: list[str], encoding: str) -> pd.DataFrame:
     """Read GroupLens ``::``-separated files (ML-1M); pyarrow wants a one-byte separator."""
-    text = source.read_bytes().decode(encoding)
+    replaced = 0
+    if encoding == "utf-8":
+        raw, replaced = check_utf8(source.read_bytes(), source)
+        text = raw.decode("utf-8")
+    else:
+        text = decode_text(source.read_bytes(), source, encoding)
     if "\t" in text:
-        raise DataError(f"{source.name}: unexpected tab character in a '::' file")
-    return read_delimited(source, "\t", names, data=text.replace("::", "\t").encode("utf-8"))
+        line = text.count("\n", 0, text.index("\t")) + 1
+        raise DataError("unexpected tab character in a '::' file", file=source.name, line=line)
+    data = text.replace("::", "\t").encode("utf-8")
+    frame = read_delimited(source, "\t", names, data=data)
+    frame.attrs[REPLACED_LINES] = replaced
+    return frame
 
 
-def load_ml1m(path: str | Path, unknown_items: str = "error") -> Interactions:
+def load_ml1m(
+    path: str | Path, unknown_items: str = "error", encoding_errors: EncodingErrors = "strict"
+) -> Interactions:
     """ML-1M from a GroupLens folder holding ``ratings.dat`` and ``movies.dat``."""
-    folder = Path(path)
-    ratings = Source.from_path(folder / "ratings.dat")
+    folder = _folder(path, ("ratings.dat", "movies.dat"))
+    ratings = Source.from_path(folder / "ratings.dat", encoding_errors)
     raw = _double_colon(ratings, ["user_id", "item_id", "rating", "timestamp"], "utf-8")
     events = finalize_events(raw, ratings)
     movies = Source.from_path(folder / "movies.dat")
@@ -203,4 +231,5 @@ def load_ml1m(path: str | Path, unknown_items: str = "error") -> Interactions:
     )
     items = finalize_items(items, movies)
     events, items = link_items(events, items, ratings, unknown_items)
-    return Interactions(events, items, "ml-1m", (ratings.name, movies.name))
+    replaced = raw.attrs.get(REPLACED_LINES, 0)
+    return Interactions(events, items, "ml-1m", (ratings.name, movies.name), replaced)

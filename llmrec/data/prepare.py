@@ -19,7 +19,7 @@ from llmrec.data.amazon import load_amazon
 from llmrec.data.atomic import load_atomic
 from llmrec.data.filters import FilterConfig, apply_filters
 from llmrec.data.movielens import load_ml1m, load_ml100k_grouplens, load_ml100k_recbole
-from llmrec.data.schema import DataError, Interactions, Source
+from llmrec.data.schema import DataError, EncodingErrors, Interactions, Source
 from llmrec.data.split import Split, SplitConfig, make_split
 from llmrec.data.stats import dataset_stats, format_stats
 from llmrec.io import write_json_atomic, write_parquet
@@ -78,6 +78,13 @@ class DatasetConfig:
         default="error",
         metadata={"help": "events naming items absent from the item file: error or drop"},
     )
+    encoding_errors: EncodingErrors = field(
+        default="strict",
+        metadata={
+            "help": "invalid UTF-8 in text files: strict (fail naming the line) or replace "
+            "(read it as U+FFFD; stats.json counts the lines)"
+        },
+    )
 
 
 @dataclass
@@ -92,14 +99,15 @@ class DataConfig:
 def load_dataset(cfg: DatasetConfig) -> Interactions:
     """Read a dataset by name into ``Interactions``."""
     name = cfg.name
+    errors = cfg.encoding_errors
     if name == "ml-100k":
         if cfg.path:
-            return load_ml100k_grouplens(cfg.path, cfg.unknown_items)
+            return load_ml100k_grouplens(cfg.path, cfg.unknown_items, errors)
         return load_ml100k_recbole(cfg.unknown_items)
     if cfg.path is None:
-        raise DataError(f"dataset {name!r} needs dataset.path")
+        raise DataError(f"is required for dataset {name!r}", field="dataset.path")
     if name == "ml-1m":
-        return load_ml1m(cfg.path, cfg.unknown_items)
+        return load_ml1m(cfg.path, cfg.unknown_items, errors)
     if name in ("amazon-2023", "amazon-2018"):
         return load_amazon(
             cfg.path,
@@ -107,13 +115,16 @@ def load_dataset(cfg: DatasetConfig) -> Interactions:
             release=name.split("-")[1],
             with_reviews=cfg.with_reviews,
             unknown_items=cfg.unknown_items,
+            encoding_errors=errors,
         )
     if name == "atomic":
         inter = Path(cfg.path)
         item_path = Path(cfg.item_path) if cfg.item_path else inter.with_suffix(".item")
-        item = Source.from_path(item_path) if (cfg.item_path or item_path.exists()) else None
+        item = (
+            Source.from_path(item_path, errors) if (cfg.item_path or item_path.exists()) else None
+        )
         return load_atomic(
-            Source.from_path(inter),
+            Source.from_path(inter, errors),
             item,
             name=inter.stem,
             columns=cfg.columns,
@@ -131,8 +142,11 @@ def load_dataset(cfg: DatasetConfig) -> Interactions:
             list_fields=tuple(cfg.list_fields),
             timestamp_format=cfg.timestamp_format,
             unknown_items=cfg.unknown_items,
+            encoding_errors=errors,
         )
-    raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    raise DataError(
+        f"names unknown dataset {name!r}; known: {', '.join(DATASETS)}", field="dataset.name"
+    )
 
 
 def dataset_inputs(cfg: DatasetConfig) -> list[Path]:
@@ -174,6 +188,8 @@ def build_data(
     split = make_split(events, cfg.split)
     items = data.items[data.items["item_id"].isin(pd.unique(events["item_id"]))]
     stats = dataset_stats(data.name, events, split, reports, raw_interactions=len(data.events))
+    if cfg.dataset.encoding_errors == "replace":
+        stats["replaced_lines"] = data.replaced_lines
     return events, items.reset_index(drop=True), split, stats
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,26 +36,36 @@ class DataError(UserError):
     """Input data is malformed; the message names the file, line (or row) and field."""
 
 
+EncodingErrors = Literal["strict", "replace"]
+
+# What a broken compressed file raises while it is read (truncated, not gzip at all, bad CRC).
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
 @dataclass(frozen=True)
 class Source:
     """A readable input: a path on disk, or bytes from somewhere else (e.g. a wheel member).
 
     ``first_line`` is the 1-based line of the first data row, so a row index can be turned into
     a line number for error messages. ``lines`` says whether rows are text lines at all (Parquet
-    rows are not).
+    rows are not). ``encoding_errors`` says what invalid UTF-8 text does: ``strict`` fails
+    naming the line, ``replace`` puts U+FFFD in its place (and readers count the lines).
     """
 
     name: str
     opener: Callable[[], IO[bytes]]
     first_line: int = 1
     lines: bool = True
+    encoding_errors: EncodingErrors = "strict"
 
     @classmethod
-    def from_path(cls, path: str | Path) -> Source:
+    def from_path(cls, path: str | Path, encoding_errors: EncodingErrors = "strict") -> Source:
         """A source reading a file on disk, transparently un-gzipping ``*.gz``."""
         path = Path(path)
         if not path.exists():
-            raise DataError(f"{path}: file does not exist")
+            raise DataError("file does not exist", file=str(path))
+        if not path.is_file():
+            raise DataError("is a folder, not a file", file=str(path))
 
         def opener() -> IO[bytes]:
             if path.suffix == ".gz":
@@ -63,7 +74,7 @@ class Source:
                 return gzip.open(path, "rb")  # type: ignore[return-value]
             return open(path, "rb")
 
-        return cls(str(path), opener)
+        return cls(str(path), opener, encoding_errors=encoding_errors)
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> Source:
@@ -71,13 +82,42 @@ class Source:
         return cls(name, lambda: io.BytesIO(data))
 
     def read_bytes(self) -> bytes:
-        """The whole (decompressed) content."""
-        with self.opener() as fh:
-            return fh.read()
+        """The whole (decompressed) content; an unreadable file fails naming it."""
+        try:
+            with self.opener() as fh:
+                return fh.read()
+        except _READ_ERRORS as err:
+            raise self.unreadable(err) from None
+
+    def read_first_line(self) -> bytes:
+        """The first line (e.g. a header), without reading the rest of the file."""
+        try:
+            with self.opener() as fh:
+                return fh.readline()
+        except _READ_ERRORS as err:
+            raise self.unreadable(err) from None
+
+    def unreadable(self, err: BaseException) -> DataError:
+        """The error for a file that cannot be read through (a broken .gz, a permission, ...).
+
+        For a damaged or truncated .gz, the error names the line where the readable part ends.
+        """
+        what = "truncated (the compressed stream ends early)" if isinstance(err, EOFError) else err
+        path = Path(self.name)
+        newlines = _gzip_readable_newlines(path) if path.suffix == ".gz" else None
+        if newlines is not None:
+            return DataError(
+                f"cannot be read past this line: {what}", file=self.name, line=newlines + 1
+            )
+        return DataError(f"cannot be read: {what}", file=self.name)
 
     def with_first_line(self, first_line: int) -> Source:
         """The same source whose data rows start at ``first_line``."""
-        return Source(self.name, self.opener, first_line, self.lines)
+        return replace(self, first_line=first_line)
+
+    def with_rows(self) -> Source:
+        """The same source read as records, not lines (Parquet): errors name rows."""
+        return replace(self, lines=False)
 
     def where(self, row: int) -> str:
         """``file:line`` (or ``file, row N``) for the data row at index ``row``."""
@@ -85,17 +125,47 @@ class Source:
             return f"{self.name}, row {row + 1}"
         return f"{self.name}:{self.line_of_row(row)}"
 
+    def error(self, message: str, *, row: int | None = None, field: str | None = None) -> DataError:
+        """A ``DataError`` naming this file and, when given, data row ``row`` (0-based)."""
+        if row is None:
+            return DataError(message, file=self.name, field=field)
+        if not self.lines:
+            return DataError(message, file=self.name, row=row + 1, field=field)
+        return DataError(message, file=self.name, line=self.line_of_row(row), field=field)
+
     def line_of_row(self, row: int) -> int:
         """The 1-based line number of data row ``row``, skipping blank lines like the parsers."""
         seen = -1
-        with self.opener() as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if lineno < self.first_line or not raw.strip():
-                    continue
-                seen += 1
-                if seen == row:
-                    return lineno
+        try:
+            with self.opener() as fh:
+                for lineno, raw in enumerate(fh, start=1):
+                    if lineno < self.first_line or not raw.strip():
+                        continue
+                    seen += 1
+                    if seen == row:
+                        return lineno
+        except _READ_ERRORS as err:
+            raise self.unreadable(err) from None
         return self.first_line + row
+
+
+def _gzip_readable_newlines(path: Path) -> int | None:
+    """Newlines in the part of a gzip file that decompresses, or None if none of it does."""
+    decoder = zlib.decompressobj(wbits=31)
+    newlines, produced = 0, 0
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                while chunk:
+                    out = decoder.decompress(chunk)
+                    newlines, produced = newlines + out.count(b"\n"), produced + len(out)
+                    # A new gzip member may follow the end of one (as gzip -c a b > c writes).
+                    chunk = decoder.unused_data if decoder.eof else b""
+                    if decoder.eof:
+                        decoder = zlib.decompressobj(wbits=31)
+    except (OSError, zlib.error):
+        pass
+    return newlines if produced else None
 
 
 @dataclass(frozen=True)
@@ -106,6 +176,8 @@ class Interactions:
     items: pd.DataFrame
     name: str = "dataset"
     sources: tuple[str, ...] = field(default_factory=tuple)
+    # Lines whose invalid UTF-8 was read as U+FFFD (``dataset.encoding_errors=replace``).
+    replaced_lines: int = 0
 
     @property
     def n_users(self) -> int:
@@ -121,6 +193,20 @@ class Interactions:
         return len(self.events)
 
 
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr`` of a value from the data, cut so a huge field cannot flood the message."""
+    if isinstance(value, np.generic):
+        value = value.item()  # 'inf', not 'np.float64(inf)'
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'" + f" ({len(text)} chars)"
+
+
+def short_names(names: Iterable[object], limit: int = 200) -> str:
+    """Column names for a message, cut so a garbled header cannot flood it."""
+    text = ", ".join(map(str, names))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def first_bad_row(bad: np.ndarray) -> int | None:
     """Index of the first True in a boolean mask, or None."""
     hits = np.flatnonzero(bad)
@@ -133,16 +219,17 @@ def require_columns(
     """Fail naming the file if any required column is missing."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DataError(
-            f"{source.name}: missing {what}(s) {', '.join(missing)}; "
-            f"found: {', '.join(map(str, frame.columns))}"
+        also = f" (and {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise source.error(
+            f"is missing{also}; found {what}s: {short_names(frame.columns)}",
+            field=missing[0],
         )
 
 
 def require_non_empty(frame: pd.DataFrame, source: Source) -> None:
     """Fail if a file holds no data rows."""
     if len(frame) == 0:
-        raise DataError(f"{source.name}: the file has no data rows")
+        raise source.error("the file has no data rows")
 
 
 def check_ids(values: pd.Series, source: Source, field_name: str) -> pd.Series:
@@ -151,7 +238,7 @@ def check_ids(values: pd.Series, source: Source, field_name: str) -> pd.Series:
     bad = values.isna().to_numpy() | (as_str.str.strip() == "").to_numpy()
     row = first_bad_row(bad)
     if row is not None:
-        raise DataError(f"{source.where(row)}: field '{field_name}' is empty")
+        raise source.error("is empty", row=row, field=field_name)
     return as_str
 
 
@@ -180,8 +267,8 @@ def check_numeric(
     )
     row = first_bad_row(bad)
     if row is not None:
-        raise DataError(
-            f"{source.where(row)}: field '{field_name}' is not a number: {values.iloc[row]!r}"
+        raise source.error(
+            f"is not a number: {short_repr(values.iloc[row])}", row=row, field=field_name
         )
     if integral_to_int:
         arr = numbers.to_numpy(dtype="float64")
@@ -217,8 +304,8 @@ def finalize_items(frame: pd.DataFrame, source: Source) -> pd.DataFrame:
     dup = frame["item_id"].duplicated().to_numpy()
     row = first_bad_row(dup)
     if row is not None:
-        raise DataError(
-            f"{source.where(row)}: field 'item_id' repeats item {frame['item_id'].iloc[row]!r}"
+        raise source.error(
+            f"repeats item {short_repr(frame['item_id'].iloc[row])}", row=row, field="item_id"
         )
     return frame
 
@@ -248,9 +335,10 @@ def link_items(
         else:
             row = first_bad_row(~known)
             assert row is not None
-            raise DataError(
-                f"{events_source.where(row)}: field 'item_id' names unknown item "
-                f"{events['item_id'].iloc[row]!r} (not in the item file; set "
-                "dataset.unknown_items=drop to drop such events)"
+            raise events_source.error(
+                f"names unknown item {short_repr(events['item_id'].iloc[row])} (not in the item "
+                "file; set dataset.unknown_items=drop to drop such events)",
+                row=row,
+                field="item_id",
             )
     return events, items

@@ -28,6 +28,7 @@ from llmrec.data.schema import DataError
 from llmrec.io import write_parquet_atomic
 
 SplitMethod = Literal["leave_one_out", "temporal"]
+HistoryRule = Literal["all", "test", "valid"]
 Part = Literal["valid", "test"]
 
 
@@ -44,7 +45,11 @@ class SplitConfig:
     )
     ratios: list[float] = field(
         default_factory=lambda: [0.8, 0.1, 0.1],
-        metadata={"help": "temporal split: train/valid/test shares of all interactions"},
+        metadata={
+            "help": "temporal split: train/valid/test shares of all interactions",
+            "min": 0,
+            "min_items": 3,
+        },
     )
 
 
@@ -90,6 +95,34 @@ class Split:
                         rows.append((u, before + targets[:i], target))
         return pd.DataFrame(rows, columns=["user_id", "history", "target"])
 
+    def histories(self, rule: HistoryRule = "all") -> dict[str, tuple[list[str], str | None]]:
+        """Each user's history under ``rule`` and their first held-out test item.
+
+        ``all``: every interaction of the user (what serving uses: all we know); ``test``: the
+        interactions before the first test item (what evaluation scores); ``valid``: before the
+        validation item. The held-out item is the first test target (None without one).
+        """
+        test = self.cases("test").drop_duplicates("user_id", keep="first")
+        held = dict(zip(test["user_id"].astype(str), test["target"].astype(str), strict=True))
+        if rule in ("test", "valid"):
+            cases = self.cases(rule).drop_duplicates("user_id", keep="first")
+            return {
+                str(u): ([str(i) for i in h], held.get(str(u)))
+                for u, h in zip(cases["user_id"], cases["history"], strict=True)
+            }
+        out: dict[str, tuple[list[str], str | None]] = {}
+        for row in self.table.to_dict("records"):
+            user = str(row["user_id"])
+            items = [str(i) for i in row["train_items"]]
+            for column in ("valid_item", "test_item"):
+                if row.get(column) is not None and not pd.isna(row[column]):
+                    items.append(str(row[column]))
+            for column in ("valid_items", "test_items"):
+                if column in row and row[column] is not None:
+                    items += [str(i) for i in row[column]]
+            out[user] = (items, held.get(user))
+        return out
+
     def save(self, path: str | Path) -> None:
         """Write ``split.parquet`` atomically."""
         write_parquet_atomic(path, self.table)
@@ -105,7 +138,7 @@ class Split:
             return cls("leave_one_out", frame)
         if "valid_items" in frame.columns:
             return cls("temporal", frame)
-        raise DataError(f"{path}: not a split file (no valid_item/valid_items column)")
+        raise DataError("not a split file (no valid_item/valid_items column)", file=str(path))
 
 
 def _user_sorted(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Series]:
@@ -136,7 +169,9 @@ def leave_one_out(events: pd.DataFrame, min_interactions: int = 3) -> Split:
     np.cumsum(counts[:-1], out=starts[1:])
     kept = counts >= min_interactions
     if not kept.any():
-        raise DataError(f"no user has {min_interactions} interactions; leave-one-out needs them")
+        raise DataError(
+            f"no user has {min_interactions} interactions; split.method=leave_one_out needs them"
+        )
     items_sorted = pa.array(events["item_id"].to_numpy(dtype=object), pa.string()).take(
         pa.array(order)
     )
@@ -159,7 +194,10 @@ def leave_one_out(events: pd.DataFrame, min_interactions: int = 3) -> Split:
 def temporal_split(events: pd.DataFrame, ratios: list[float] | tuple[float, ...]) -> Split:
     """Cut all interactions by time at the ratios' positions; one row per user with each part."""
     if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
-        raise DataError(f"split.ratios must be three non-negative numbers, got {list(ratios)}")
+        raise DataError(
+            f"must be three non-negative numbers, not all 0; got {list(ratios)}",
+            field="split.ratios",
+        )
     shares = np.asarray(ratios, dtype=np.float64) / float(sum(ratios))
     n = len(events)
     time_rank = np.empty(n, dtype=np.int64)

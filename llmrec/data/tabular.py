@@ -8,26 +8,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmrec.data.readers import read_csv_with_header, read_parquet
+from llmrec.data.readers import REPLACED_LINES, read_csv_with_header, read_parquet
 from llmrec.data.schema import (
     DataError,
+    EncodingErrors,
     Interactions,
     Source,
     finalize_events,
     finalize_items,
     first_bad_row,
     link_items,
+    short_names,
+    short_repr,
 )
 
 EVENT_FIELDS = ("user_id", "item_id", "timestamp", "rating", "review")
 
 
-def read_table(path: str | Path, sep: str | None = None) -> tuple[pd.DataFrame, Source]:
+def read_table(
+    path: str | Path, sep: str | None = None, encoding_errors: EncodingErrors = "strict"
+) -> tuple[pd.DataFrame, Source]:
     """Read a CSV/TSV (by extension, or ``sep``) or Parquet file as strings/typed columns."""
-    src = Source.from_path(path)
+    src = Source.from_path(path, encoding_errors)
     name = Path(path).name.lower().removesuffix(".gz")
     if name.endswith(".parquet") or name.endswith(".pq"):
-        src = Source(src.name, src.opener, lines=False)
+        src = src.with_rows()
         return read_parquet(src), src
     if sep is None:
         sep = "\t" if name.endswith((".tsv", ".tab")) else ","
@@ -36,16 +41,21 @@ def read_table(path: str | Path, sep: str | None = None) -> tuple[pd.DataFrame, 
 
 def _to_seconds(values: pd.Series, source: Source, fmt: str) -> pd.Series:
     """Datetime strings → integer seconds since the epoch; unparseable values fail by line."""
-    parsed = pd.to_datetime(
-        values, errors="coerce", format="ISO8601" if fmt == "datetime" else fmt, utc=True
-    )
+    try:
+        parsed = pd.to_datetime(
+            values, errors="coerce", format="ISO8601" if fmt == "datetime" else fmt, utc=True
+        )
+    except (ValueError, TypeError) as err:  # a format pandas cannot use at all
+        raise DataError(f"cannot be used: {err}", field="dataset.timestamp_format") from None
     row = first_bad_row(parsed.isna().to_numpy())
     if row is not None:
-        raise DataError(
-            f"{source.where(row)}: field 'timestamp' is not a date/time: {values.iloc[row]!r}"
+        raise source.error(
+            f"is not a date/time: {short_repr(values.iloc[row])}", row=row, field="timestamp"
         )
-    # Divide by a Timedelta so the datetime resolution (ns, us, ...) does not matter.
-    seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    # The epoch in the parsed values' own resolution (ns, us, ...): dates far from it (year 1,
+    # 9999) fit microseconds but not the nanoseconds a plain Timestamp(0) would force.
+    epoch = pd.Timestamp(0, tz="UTC").as_unit(parsed.dt.unit)
+    seconds = (parsed - epoch) // pd.Timedelta(seconds=1)
     return pd.Series(seconds.to_numpy(dtype="int64"), index=values.index)
 
 
@@ -55,9 +65,10 @@ def _pick(
     missing = [ours for ours in required if columns.get(ours, ours) not in frame.columns]
     if missing:
         wanted = ", ".join(f"{m} (column '{columns.get(m, m)}')" for m in missing)
-        raise DataError(
-            f"{source.name}: missing column(s) for {wanted}; found: {', '.join(frame.columns)}. "
-            "Map them with dataset.columns.<field>=<column>."
+        raise source.error(
+            f"is missing: no column for {wanted}; found: {short_names(frame.columns)}. "
+            "Map them with dataset.columns.<field>=<column>.",
+            field=columns.get(missing[0], missing[0]),
         )
     return pd.DataFrame(
         {ours: frame[theirs] for ours, theirs in columns.items() if theirs in frame.columns}
@@ -76,6 +87,7 @@ def load_tabular(
     timestamp_format: str = "numeric",
     name: str | None = None,
     unknown_items: str = "error",
+    encoding_errors: EncodingErrors = "strict",
 ) -> Interactions:
     """Load interactions (and optionally an item table) from CSV/TSV/Parquet files.
 
@@ -85,12 +97,14 @@ def load_tabular(
     kept as text fields, and ``list_fields`` are split on ``list_sep`` into lists.
     ``timestamp_format`` is ``numeric``, ``datetime`` (ISO 8601), ``mixed`` or a strftime format.
     """
-    raw, src = read_table(path, sep)
+    raw, src = read_table(path, sep, encoding_errors)
+    replaced = raw.attrs.get(REPLACED_LINES, 0)
     mapping = {f: (columns or {}).get(f, f) for f in EVENT_FIELDS}
     unknown = set(columns or {}) - set(EVENT_FIELDS)
     if unknown:
         raise DataError(
-            f"dataset.columns: unknown field(s) {sorted(unknown)}; known: {', '.join(EVENT_FIELDS)}"
+            f"names unknown field(s) {sorted(unknown)}; known: {', '.join(EVENT_FIELDS)}",
+            field="dataset.columns",
         )
     picked = _pick(raw, mapping, src, ("user_id", "item_id", "timestamp"))
     if timestamp_format != "numeric":
@@ -99,13 +113,14 @@ def load_tabular(
     items = None
     sources = [src.name]
     if item_path is not None:
-        item_raw, item_src = read_table(item_path, sep)
+        item_raw, item_src = read_table(item_path, sep, encoding_errors)
+        replaced += item_raw.attrs.get(REPLACED_LINES, 0)
         rename = {theirs: ours for ours, theirs in (item_columns or {}).items()}
         item_raw = item_raw.rename(columns=rename)
         if "item_id" not in item_raw.columns:
-            raise DataError(
-                f"{item_src.name}: no item_id column; map it with "
-                "dataset.item_columns.item_id=<column>"
+            raise item_src.error(
+                "is missing; map a column to it with dataset.item_columns.item_id=<column>",
+                field="item_id",
             )
         for fld in list_fields:
             if fld in item_raw.columns:
@@ -122,4 +137,5 @@ def load_tabular(
         items = finalize_items(item_raw, item_src)
         sources.append(item_src.name)
     events, items = link_items(events, items, src, unknown_items)
-    return Interactions(events, items, name or Path(path).name.split(".")[0], tuple(sources))
+    stem = name or Path(path).name.split(".")[0]
+    return Interactions(events, items, stem, tuple(sources), replaced)

@@ -34,32 +34,57 @@ def results_table(rows: Sequence[dict[str, Any]], k: int = 10) -> str:
 
 
 def plot_results(rows: Sequence[dict[str, Any]], ks: Sequence[int], path: str | Path) -> Path:
-    """Save NDCG@K and Recall@K curves and a popularity-bias plot as one PNG."""
+    """Save NDCG@K and Recall@K curves (95 % CI bands) and a popularity-bias plot, as ``path``
+    (PNG) and the same figure as SVG beside it.
+
+    One colour per model; the line style (and marker) says the seen-item protocol: solid/circle
+    = seen items kept, dashed/triangle = excluded.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    styles: dict[bool, tuple[Any, str, str]] = {
+        False: ("-", "o", "seen kept"),
+        True: ("--", "^", "seen excluded"),
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for r in rows:
-        label = f"{r['model']} ({'seen excluded' if r['exclude_seen'] else 'seen kept'})"
-        style = "--" if r["exclude_seen"] else "-"
+        line, marker, _ = styles[bool(r["exclude_seen"])]
+        colour = colours[r["model"]]
         for ax, metric in zip(axes[:2], ("ndcg", "recall"), strict=True):
-            ax.plot(ks, [r[f"{metric}@{k}"] for k in ks], style, marker="o", label=label)
+            values = [r[f"{metric}@{k}"] for k in ks]
+            ax.plot(ks, values, line, marker=marker, color=colour)
+            low = [r.get(f"{metric}@{k}_ci_low") for k in ks]
+            high = [r.get(f"{metric}@{k}_ci_high") for k in ks]
+            if all(v is not None for v in low + high):
+                ax.fill_between(ks, low, high, color=colour, alpha=0.12, linewidth=0)
         k = max(ks)
-        axes[2].scatter(r[f"popularity@{k}"], r[f"ndcg@{k}"], s=60, label=label)
+        axes[2].scatter(r[f"popularity@{k}"], r[f"ndcg@{k}"], s=70, marker=marker, color=colour)
+    model_handles = [Line2D([], [], color=colours[m], lw=3, label=m) for m in models]
+    style_handles = [
+        Line2D([], [], color="grey", linestyle=line, marker=marker, label=label)
+        for line, marker, label in styles.values()
+    ]
     for ax, title in zip(axes[:2], ("NDCG@K", "Recall@K"), strict=True):
         ax.set_xlabel("K")
-        ax.set_title(title)
+        ax.set_xticks(list(ks))
+        ax.set_title(f"{title} (bands: 95 % CI)")
         ax.grid(alpha=0.3)
+        ax.legend(handles=model_handles + style_handles, fontsize=8, loc="upper left")
     axes[2].set_xlabel(f"mean popularity of top-{max(ks)} items (share of train interactions)")
     axes[2].set_ylabel(f"NDCG@{max(ks)}")
     axes[2].set_title("accuracy vs popularity bias")
     axes[2].grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[2].legend(handles=model_handles + style_handles, fontsize=8, loc="best")
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    for target, fmt in ((path, "png"), (path.with_suffix(".svg"), "svg")):
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=110, format=fmt)
     plt.close(fig)
     return path

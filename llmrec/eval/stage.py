@@ -238,23 +238,3 @@ def _evaluate_models(
     write_text_atomic(out / CONFIG, dump_yaml(cfg))
     plot_results(rows, ks, out / "plot.png")
     return rows
-
-
-def top_items_for_user(
-    run: str | Path, rec: Recommender, user_id: str | None = None, k: int = 10
-) -> str:
-    """A readable top-k (with titles) for one test user, and what they really watched next."""
-    prepared = PreparedData.load(run)
-    cases = prepared.split.cases("test")
-    row = cases.iloc[0] if user_id is None else cases[cases["user_id"] == user_id].iloc[0]
-    titles = prepared.items.set_index("item_id")["title"].astype(str).to_dict()
-    items, scores = rec.recommend([list(row["history"])], k, [set(row["history"])])
-    lines = [
-        f"user {row['user_id']}: last watched "
-        + "; ".join(titles.get(i, i) for i in list(row["history"])[-3:])
-    ]
-    for rank, (item, score) in enumerate(zip(items[0], scores[0], strict=True), start=1):
-        mark = "  <- the held-out next item" if item == row["target"] else ""
-        lines.append(f"  {rank:>2}. {titles.get(item, item)}  ({score:.2f}){mark}")
-    lines.append(f"  held-out next item: {titles.get(row['target'], row['target'])}")
-    return "\n".join(lines)

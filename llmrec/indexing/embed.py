@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from llmrec.errors import UserError
 from llmrec.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -140,15 +141,15 @@ def _embed_hf(texts: list[str], cfg: EmbeddingConfig) -> np.ndarray:
 
 def _load_npy(n: int, cfg: EmbeddingConfig) -> np.ndarray:
     if not cfg.path:
-        raise ValueError("embedding.backend=npy needs embedding.path")
+        raise UserError("embedding.backend=npy needs embedding.path")
     vectors = np.load(cfg.path)
     if vectors.ndim != 2 or vectors.shape[0] != n:
-        raise ValueError(
+        raise UserError(
             f"{cfg.path}: expected shape [{n}, dim] (one row per item in "
             f"items.parquet order), found {list(vectors.shape)}"
         )
     if not np.isfinite(vectors).all():
-        raise ValueError(f"{cfg.path}: holds NaN or inf values")
+        raise UserError(f"{cfg.path}: holds NaN or inf values")
     return finish_vectors(vectors, cfg)
 
 

@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llmrec.errors import UserError
+
 
 def _digits(numbers: np.ndarray, levels: int, base: int) -> np.ndarray:
     """Write each number in base ``base`` with ``levels`` digits, most significant first."""
     if len(numbers) and int(numbers.max()) >= base**levels:
-        raise ValueError(
+        raise UserError(
             f"{int(numbers.max()) + 1} items do not fit in {levels} levels of {base} codes; "
             "raise levels or codebook_size"
         )
@@ -28,7 +30,7 @@ def random_codes(n_items: int, levels: int, codebook_size: int, seed: int) -> np
     rng = np.random.default_rng(seed)
     space = codebook_size**levels
     if n_items > space:
-        raise ValueError(f"{n_items} items do not fit in {space} code tuples")
+        raise UserError(f"{n_items} items do not fit in {space} code tuples")
     numbers = rng.choice(space, size=n_items, replace=False)
     return _digits(numbers.astype(np.int64), levels, codebook_size)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from llmrec.errors import UserError
 from llmrec.io import write_text_atomic
 
 FORMAT = "llmrec.semantic_id_map"
@@ -27,7 +28,7 @@ DEFAULT_PREFIXES = ("a", "b", "c", "d", "e", "f", "g", "h")
 DEFAULT_TOKEN_FORMAT = "<{prefix}_{code}>"
 
 
-class SemanticIdError(ValueError):
+class SemanticIdError(UserError):
     """A semantic-ID map is malformed, of another version, or does not match its hash."""
 
 

@@ -9,16 +9,21 @@ import pandas as pd
 
 from llmrec.templating import render
 
-# Defaults per kind of catalog; pick one with ``text_template`` or write your own.
+# Defaults per kind of catalog; pick one with ``text_template`` or write your own. Every field
+# is optional (`is defined`): catalogs differ, and an item without a title is named by its id.
 TEMPLATES = {
     "movies": (
-        "{{ title }}{% if year %} ({{ year }}){% endif %}"
-        "{% if genres %}. Genres: {{ genres | listjoin }}{% endif %}"
+        "{{ title if title is defined and title else item_id }}"
+        "{% if year is defined and year %} ({{ year }}){% endif %}"
+        "{% if genres is defined and genres %}. Genres: {{ genres | listjoin }}{% endif %}"
     ),
     "products": (
-        "{{ title }}{% if brand %}. Brand: {{ brand }}{% endif %}"
-        "{% if categories %}. Categories: {{ categories | listjoin(' > ') }}{% endif %}"
-        "{% if description %}. {{ description | truncate(400, True, '') }}{% endif %}"
+        "{{ title if title is defined and title else item_id }}"
+        "{% if brand is defined and brand %}. Brand: {{ brand }}{% endif %}"
+        "{% if categories is defined and categories %}. Categories: "
+        "{{ categories | listjoin(' > ') }}{% endif %}"
+        "{% if description is defined and description %}. "
+        "{{ description | truncate(400, True, '') }}{% endif %}"
     ),
 }
 
@@ -29,16 +34,24 @@ def default_template(columns: list[str]) -> str:
         return TEMPLATES["movies"]
     if "brand" in columns or "categories" in columns:
         return TEMPLATES["products"]
-    fields = [c for c in columns if c != "item_id"]
-    if not fields:
+    if not [c for c in columns if c != "item_id"]:
         return "{{ item_id }}"
-    return ". ".join(f"{c}: {{{{ {c} | listjoin }}}}" for c in fields)
+    return GENERIC
+
+
+# Any other table: "name: value" for each non-empty field. The fields come in as one list
+# (``FIELDS_VARIABLE``), so column names that are not identifiers ("release date") work too.
+FIELDS_VARIABLE = "_fields"
+GENERIC = (
+    "{% for name, value in _fields if value %}{{ name }}: {{ value | listjoin }}"
+    "{% if not loop.last %}. {% endif %}{% endfor %}"
+)
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or (not isinstance(value, list | tuple | str) and pd.isna(value)):
         return ""
     return value
 
@@ -50,5 +63,9 @@ def item_texts(items: pd.DataFrame, template: str | None = None) -> list[str]:
     default one is chosen from the columns. Field values are data: never evaluated.
     """
     source = TEMPLATES.get(template or "", template) or default_template(list(items.columns))
-    records = items.to_dict("records")
-    return [render(source, {str(k): _plain(v) for k, v in r.items()}, "item text") for r in records]
+    texts = []
+    for record in items.to_dict("records"):
+        fields = {str(k): _plain(v) for k, v in record.items()}
+        listed = [(k, v) for k, v in fields.items() if k != "item_id"]
+        texts.append(render(source, {**fields, FIELDS_VARIABLE: listed}, "item text"))
+    return texts

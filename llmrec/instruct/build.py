@@ -20,8 +20,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.config import dump_yaml
+from llmrec.config import ConfigError, dump_yaml
 from llmrec.data.prepare import PreparedData
+from llmrec.data.schema import DataError
+from llmrec.errors import UserError
 from llmrec.indexing.sid_map import SemanticIdMap
 from llmrec.instruct.prompt import PromptFormat
 from llmrec.instruct.tasks import (
@@ -31,12 +33,14 @@ from llmrec.instruct.tasks import (
     render_item_task,
     render_review_task,
     render_sequence_task,
+    sid_token_pattern,
     training_reviews,
     training_windows,
 )
 from llmrec.instruct.templates import load_templates
 from llmrec.io import write_json_atomic
 from llmrec.run import CONFIG, COUNTS, DATA, EVENTS, INSTRUCT, SIDS, TOKENIZER, RunLayout
+from llmrec.templating import inert_text
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +61,22 @@ class InstructConfig:
         },
         metadata={
             "help": "training mixture: task → weight (0 drops it, 0.5 renders half of "
-            "its examples, 2 renders them twice with other paraphrases)"
+            "its examples, 2 renders them twice with other paraphrases)",
+            "min": 0,
+            "min_items": 1,
         },
     )
     eval_tasks: list[str] = field(
         default_factory=lambda: ["seqrec"],
-        metadata={"help": "tasks rendered for validation/test (first paraphrase, fixed)"},
+        metadata={
+            "help": "tasks rendered for validation/test (first paraphrase, fixed)",
+            "min_items": 1,
+        },
     )
-    max_history: int = field(default=20, metadata={"help": "items of history in a prompt"})
-    min_history: int = field(default=1, metadata={"help": "shortest training history"})
+    max_history: int = field(
+        default=20, metadata={"help": "items of history in a prompt", "min": 1}
+    )
+    min_history: int = field(default=1, metadata={"help": "shortest training history", "min": 1})
     templates_dir: str | None = field(
         default=None, metadata={"help": "folder of task YAML files (default: data_templates/)"}
     )
@@ -85,8 +96,19 @@ class InstructConfig:
             "tokenizer name/folder"
         },
     )
-    tiny_vocab_size: int = field(default=4000, metadata={"help": "tiny tokenizer vocabulary"})
-    seed: int = field(default=0, metadata={"help": "paraphrase and mixture sampling"})
+    # The byte-level BPE starts from 256 bytes and 3 special tokens.
+    tiny_vocab_size: int = field(
+        default=4000, metadata={"help": "tiny tokenizer vocabulary", "min": 259}
+    )
+    seed: int = field(default=0, metadata={"help": "paraphrase and mixture sampling", "min": 0})
+
+
+def make_catalog(
+    prepared: PreparedData, sid_map: SemanticIdMap, texts: list[str], cfg: InstructConfig
+) -> Catalog:
+    """The catalog templates see: items with a SID, their texts (in item-table order)."""
+    items = prepared.items[prepared.items["item_id"].isin(set(sid_map.item_ids))]
+    return Catalog.build(sid_map, items, texts, cfg.item_noun, cfg.items_noun)
 
 
 def render_examples(
@@ -94,11 +116,19 @@ def render_examples(
 ) -> dict[str, list[Example]]:
     """Render every split's examples (pure; no tokenizer involved)."""
     templates = load_templates(cfg.templates_dir)
-    unknown = sorted((set(cfg.tasks) | set(cfg.eval_tasks)) - set(templates))
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; templates define {sorted(templates)}")
-    items = prepared.items[prepared.items["item_id"].isin(set(sid_map.item_ids))]
-    catalog = Catalog.build(sid_map, items, texts, cfg.item_noun, cfg.items_noun)
+    for key, names in (("tasks", list(cfg.tasks)), ("eval_tasks", cfg.eval_tasks)):
+        unknown = sorted(set(names) - set(templates))
+        if unknown:
+            raise ConfigError(
+                f"names unknown task(s) {unknown}; templates define {sorted(templates)}",
+                field=key,
+            )
+    if not any(w > 0 for w in cfg.tasks.values()):
+        raise ConfigError(
+            f"has no task with a weight above 0 ({cfg.tasks}): there is nothing to train on",
+            field="tasks",
+        )
+    catalog = make_catalog(prepared, sid_map, texts, cfg)
     sids = dict(zip(sid_map.item_ids, sid_map.all_sids(), strict=True))
     rng = np.random.default_rng(cfg.seed)
     split = prepared.split
@@ -123,11 +153,49 @@ def render_examples(
         cases = list(held_out_cases(split, part, cfg.max_history))  # type: ignore[arg-type]
         for task in cfg.eval_tasks:
             if templates[task].kind != "sequence":
-                raise ValueError(f"eval task {task!r} is not a sequence task")
+                raise ConfigError(f"names {task!r}, not a sequence task", field="eval_tasks")
             out[name] += render_sequence_task(
                 templates[task], cases, catalog, sids, 1.0, rng, fixed_paraphrase=0
             )
+    if not out["train"]:
+        raise UserError(
+            f"no training examples: the tasks {sorted(cfg.tasks)} found nothing to render in "
+            f"{prepared.path} (e.g. no user has more than min_history={cfg.min_history} training "
+            "interactions, and no item-level task is on)"
+        )
     return out
+
+
+def check_inert(examples: dict[str, list[Example]], catalog: Catalog, tokenizer: Any) -> None:
+    """Fail naming the item if catalog text would still turn into one of ``tokenizer``'s tokens.
+
+    ``inert_text`` breaks every token-like string (``<...>``, ``[UPPER]``, SIDs); a special or
+    added token that looks like none of them could still hide in a title. Such text is
+    rejected rather than silently passed to training.
+    """
+    pattern = sid_token_pattern(catalog.sid_map.token_format)
+    tokens = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    uncovered = sorted(t for t in tokens if len(t) > 1 and inert_text(t, pattern=pattern) == t)
+    if not uncovered:
+        return
+    for item, fields in catalog.fields.items():
+        for name, value in [("text", catalog.texts[item]), *fields.items()]:
+            hit = next((t for t in uncovered if t in str(value)), None)
+            if hit is not None:
+                raise DataError(
+                    f"item {item!r} holds {hit!r}, a special token of the tokenizer: it "
+                    "would become that token in prompts; edit the item's text",
+                    field=name,
+                )
+    for part in SPLITS:
+        for e in examples[part]:
+            hit = next((t for t in uncovered if t in e.prompt or t in e.completion), None)
+            if hit is not None:
+                raise DataError(
+                    f"a {e.task} example (user {e.user_id!r}, item {e.target_item!r}) holds "
+                    f"{hit!r}, a special token of the tokenizer: check its review text and "
+                    "the template"
+                )
 
 
 def _rows(examples: list[Example], fmt: PromptFormat) -> dict[str, list]:
@@ -182,9 +250,13 @@ def build_instruct(cfg: InstructConfig, run: str | Path, force: bool = False) ->
         items = prepared.items[prepared.items["item_id"].isin(set(sid_map.item_ids))]
         texts = [texts_by_item[i] for i in items["item_id"].astype(str)]
         examples = render_examples(prepared, sid_map, texts, cfg)
+        catalog = make_catalog(prepared, sid_map, texts, cfg)
         # SID tokens are added whole afterwards; training on them would only waste merges.
-        corpus = texts + [sid_map.strip_tokens(e.prompt) for e in examples["train"][:20000]]
+        corpus = list(catalog.texts.values()) + [
+            sid_map.strip_tokens(e.prompt) for e in examples["train"][:20000]
+        ]
         tokenizer = load_tokenizer(cfg, corpus)
+        check_inert(examples, catalog, tokenizer)
         add_sid_tokens(tokenizer, sid_map)
         report = require_sid_roundtrip(tokenizer, sid_map)
         fmt = PromptFormat(

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from llmrec.errors import UserError
+
 Message = dict[str, str]
 
 
@@ -49,7 +51,7 @@ class PromptFormat:
         """The token that follows a completion in training: end of turn in chat, else EOS."""
         if not self.conversational:
             if tokenizer.eos_token_id is None:
-                raise ValueError("the tokenizer has no eos_token_id")
+                raise UserError("has no eos_token_id", field="tokenizer")
             return int(tokenizer.eos_token_id)
         probe = "zq"  # any short text: we only look at what the template puts after it
         prompt = [{"role": "user", "content": "hi"}]
@@ -62,5 +64,8 @@ class PromptFormat:
         body = tokenizer(probe, add_special_tokens=False)["input_ids"]
         rest = list(full[len(head) + len(body) :])
         if list(full[: len(head)]) != list(head) or not rest:
-            raise ValueError("cannot tell which token ends an assistant turn in this chat template")
+            raise UserError(
+                "its chat template does not show which token ends an assistant turn",
+                field="tokenizer",
+            )
         return int(rest[0])

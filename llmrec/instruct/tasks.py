@@ -8,6 +8,7 @@ everything before it, never anything after.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import pandas as pd
 from llmrec.data.split import Part, Split
 from llmrec.indexing.sid_map import SemanticIdMap
 from llmrec.instruct.templates import TaskTemplate
+from llmrec.templating import inert_text, inert_value
 
 
 @dataclass(frozen=True)
@@ -66,21 +68,44 @@ class Catalog:
         item_noun: str,
         items_noun: str,
     ) -> Catalog:
-        """Index a prepared item table (only items that have a SID)."""
+        """Index a prepared item table (only items that have a SID).
+
+        This is where catalog text enters every prompt (training, evaluation, serving), so
+        titles, texts and string fields are made inert here (``inert_text``): a title holding
+        ``<|im_end|>`` or another item's SID stays plain text for the tokenizer. Items without
+        a ``title`` use their text as one.
+        """
+        pattern = sid_token_pattern(sid_map.token_format)
         ids = items["item_id"].astype(str).tolist()
+        safe_texts = [inert_text(t, pattern=pattern) for t in texts]
+        titles = (
+            [inert_text(t, pattern=pattern) for t in items["title"].astype(str)]
+            if "title" in items
+            else safe_texts
+        )
         records = [
-            {str(k): (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
-            for r in items.to_dict("records")
+            {
+                str(k): inert_value(v.tolist() if isinstance(v, np.ndarray) else v, pattern)
+                for k, v in r.items()
+            }
+            | {"title": title}
+            for r, title in zip(items.to_dict("records"), titles, strict=True)
         ]
-        titles = items["title"].astype(str).tolist() if "title" in items else texts
         return cls(
             sid_map,
             dict(zip(ids, titles, strict=True)),
-            dict(zip(ids, texts, strict=True)),
+            dict(zip(ids, safe_texts, strict=True)),
             dict(zip(ids, records, strict=True)),
             item_noun,
             items_noun,
         )
+
+
+def sid_token_pattern(token_format: str) -> re.Pattern[str]:
+    """A regex for one SID token of ``token_format`` (as ``SemanticIdMap`` writes them)."""
+    fmt = re.escape(token_format)
+    fmt = fmt.replace(re.escape("{prefix}"), r"[^\W\d_]+")
+    return re.compile(fmt.replace(re.escape("{code}"), r"\d+"))
 
 
 @dataclass(frozen=True)
@@ -212,7 +237,12 @@ def render_review_task(
     out = []
     for idx, para in zip(chosen, paras, strict=True):
         user, item, review = rows[int(idx)]
-        variables = {**item_variables(item, catalog, sids), "review": review[:max_chars]}
+        # Review text is user-written catalog text too: inert like titles (see Catalog.build).
+        pattern = sid_token_pattern(catalog.sid_map.token_format)
+        variables = {
+            **item_variables(item, catalog, sids),
+            "review": inert_text(review[:max_chars], pattern=pattern),
+        }
         prompt, completion = template.render(int(para), variables)
         out.append(Example(template.task, user, (), item, prompt, completion))
     return out

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from llmrec.errors import UserError
 from llmrec.templating import TemplateError, compile_template, render
 
 TaskKind = Literal["sequence", "item", "review"]
@@ -60,30 +61,35 @@ def default_templates_dir() -> Path:
     for candidate in (here.parents[1] / "data_templates", here.parent / "_data_templates"):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError("no data_templates/ folder found; set templates_dir")
+    raise UserError("is needed: no data_templates/ folder was found", field="templates_dir")
 
 
 def load_template(path: str | Path) -> TaskTemplate:
     """Load and compile one task file, failing with the file and the field at fault."""
     path = Path(path)
+    file = str(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise TemplateError(f"{path}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise TemplateError(f"not valid YAML: {err}", file=file, line=line) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise TemplateError(f"cannot be read: {err}", file=file) from None
     if not isinstance(data, dict):
-        raise TemplateError(f"{path}: expected a mapping with task, kind, paraphrases")
+        raise TemplateError("expected a mapping with task, kind, paraphrases", file=file)
     for key in ("task", "kind", "paraphrases"):
         if key not in data:
-            raise TemplateError(f"{path}: missing field '{key}'")
+            raise TemplateError("is missing", file=file, field=key)
     if data["kind"] not in KINDS:
-        raise TemplateError(f"{path}: field 'kind' must be one of {', '.join(KINDS)}")
+        raise TemplateError(f"must be one of {', '.join(KINDS)}", file=file, field="kind")
     raw = data["paraphrases"]
     if not isinstance(raw, list) or not raw:
-        raise TemplateError(f"{path}: field 'paraphrases' must be a non-empty list")
+        raise TemplateError("must be a non-empty list", file=file, field="paraphrases")
     paraphrases = []
     for i, item in enumerate(raw, start=1):
         if not isinstance(item, dict) or not {"prompt", "response"} <= set(item):
-            raise TemplateError(f"{path}: paraphrase {i} needs 'prompt' and 'response'")
+            raise TemplateError(f"paraphrase {i} needs 'prompt' and 'response'", file=file)
         for part in ("prompt", "response"):
             compile_template(str(item[part]), f"{path} paraphrase {i} {part}")
         paraphrases.append(Paraphrase(str(item["prompt"]), str(item["response"])))
@@ -104,10 +110,11 @@ def load_templates(folder: str | Path | None = None) -> dict[str, TaskTemplate]:
         template = load_template(path)
         if template.task in templates:
             raise TemplateError(
-                f"{path}: task '{template.task}' is also defined in "
-                f"{templates[template.task].source}"
+                f"'{template.task}' is also defined in {templates[template.task].source}",
+                file=str(path),
+                field="task",
             )
         templates[template.task] = template
     if not templates:
-        raise TemplateError(f"{folder}: no *.yaml templates")
+        raise TemplateError(f"holds no *.yaml templates: {folder}", field="templates_dir")
     return templates

@@ -55,6 +55,7 @@ class HFRecommender:
     num_beams: int = DEFAULT_BEAMS
     batch_size: int = 8
     exact_memory_mb: int = 256  # exact mode: logits held per forward pass
+    tree_chunk: int = 256  # exact mode: trie nodes per forward pass (whole subtrees)
     progress: bool = False
 
     @classmethod
@@ -174,12 +175,30 @@ class HFRecommender:
             inside = node > 0
             ancestor[rows[inside], slot[node[inside]]] = True
             node = torch.where(inside, parent[node], node)
+        # Chunks of whole subtrees under the root's children: a node attends only within its
+        # subtree, so each chunk is one forward pass whose attention costs chunk × (prompt +
+        # chunk) instead of the whole tree's tree × (prompt + tree).
+        top = open_nodes.clone()
+        for _ in range(trie.depth):
+            top = torch.where(depth[top] > 1, parent[top], top)
+        order = torch.argsort(top, stable=True)
+        subtree_sizes = torch.unique_consecutive(top[order], return_counts=True)[1].tolist()
+        chunks: list[torch.Tensor] = []
+        start = end = 0
+        for size in subtree_sizes:
+            if end > start and end - start + size > self.tree_chunk:
+                chunks.append(order[start:end])
+                start = end
+            end += size
+        if end > start:
+            chunks.append(order[start:end])
         return {
             "nodes": open_nodes,
             "token": token[open_nodes],
             "depth": depth[open_nodes],
             "ancestor": ancestor,
             "node_depth": depth,
+            "chunks": chunks,  # type: ignore[dict-item]
         }
 
     @torch.inference_mode()
@@ -187,9 +206,10 @@ class HFRecommender:
         """Exact log-probability of every catalog item [n_users, n_items].
 
         Tree attention: after the prompt, every inner node of the trie is fed as one token that
-        attends to the prompt and to its own ancestors only, so one forward pass yields the
-        next-token distribution after every prefix of every item. Users are split into passes
-        whose logits ([users, inner nodes, vocabulary]) fit in ``exact_memory_mb``.
+        attends to the prompt (its KV cache, computed once) and to its own ancestors only, so a
+        forward pass yields the next-token distribution after every prefix it holds; the tree
+        goes through in chunks of whole subtrees (``tree_chunk`` nodes). Users are split into
+        passes whose logits ([users, inner nodes, vocabulary]) fit in ``exact_memory_mb``.
         """
         vocab = int(self.model.get_output_embeddings().weight.shape[0])
         per_user = max(1, len(self._tree["nodes"])) * vocab * 4
@@ -209,29 +229,35 @@ class HFRecommender:
         n_open = len(tree["nodes"])
         node_logp = None
         if n_open:
-            allowed = torch.cat(
-                [
-                    mask.bool()[:, None, :].expand(n_users, n_open, -1),
-                    tree["ancestor"][None].expand(n_users, -1, -1),
-                ],
-                dim=2,
-            )
-            if getattr(self.model.config, "_attn_implementation", "sdpa") == "sdpa":
-                additive = allowed[:, None]  # SDPA takes a boolean mask: 4x less memory
-            else:
-                dtype = next(self.model.parameters()).dtype
-                additive = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
-                additive = additive.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-            tokens = tree["token"][None].expand(n_users, -1)
-            pos = mask.sum(1, keepdim=True) + tree["depth"][None] - 1
-            logits = self.model(
-                input_ids=tokens,
-                attention_mask=additive,
-                position_ids=pos,
-                use_cache=True,
-                **_cache_kwargs(self.model, out),
-            ).logits
-            node_logp = torch.log_softmax(logits.float(), dim=-1)  # [users, open nodes, V]
+            vocab = int(self.model.get_output_embeddings().weight.shape[0])
+            node_logp = torch.empty((n_users, n_open, vocab), device=self.device)
+            cache = _cache_kwargs(self.model, out)
+            for chunk in tree["chunks"]:
+                allowed = torch.cat(
+                    [
+                        mask.bool()[:, None, :].expand(n_users, len(chunk), -1),
+                        tree["ancestor"][chunk][:, chunk][None].expand(n_users, -1, -1),
+                    ],
+                    dim=2,
+                )
+                if getattr(self.model.config, "_attn_implementation", "sdpa") == "sdpa":
+                    additive = allowed[:, None]  # SDPA takes a boolean mask: 4x less memory
+                else:
+                    dtype = next(self.model.parameters()).dtype
+                    additive = torch.zeros(allowed.shape, dtype=dtype, device=self.device)
+                    additive = additive.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+                tokens = tree["token"][chunk][None].expand(n_users, -1)
+                pos = mask.sum(1, keepdim=True) + tree["depth"][chunk][None] - 1
+                logits = self.model(
+                    input_ids=tokens,
+                    attention_mask=additive,
+                    position_ids=pos,
+                    use_cache=True,
+                    **cache,
+                ).logits
+                node_logp[:, chunk] = torch.log_softmax(logits.float(), dim=-1)
+                # Back to the prompt alone (negative: remove that many tokens; any version).
+                next(iter(cache.values())).crop(-len(chunk))
         n_nodes = trie.node_item.numel()
         score = torch.full((n_users, n_nodes), float("-inf"), device=self.device)
         score[:, 0] = 0.0

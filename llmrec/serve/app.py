@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -56,6 +56,11 @@ class RecommendRequest(BaseModel):
     )
     num_beams: int | None = Field(
         None, description="beam width (default: the server's; raised to k; 1 with k=1: greedy)"
+    )
+    history_rule: Literal["all", "test", "valid"] | None = Field(
+        None,
+        description="a known user's interactions to use: all (default), or those before the "
+        "held-out test (or validation) item, as evaluation does",
     )
 
 
@@ -103,12 +108,13 @@ def resolve(
             f"num_beams must be between 1 and {widest} (the server's limit), got {req.num_beams}",
         )
     if req.adapter is not None and req.adapter not in backend.adapters:
-        known = ", ".join(sorted(backend.adapters)) or "none"
-        raise RequestError(404, f"unknown adapter {clip(req.adapter)} (served: {known})")
+        served = ", ".join(sorted(backend.adapters)) or "none"
+        raise RequestError(404, f"unknown adapter {clip(req.adapter)} (served: {served})")
     if req.user_id is not None:
-        if req.user_id not in catalog.histories:
+        known = catalog.history(req.user_id, req.history_rule)
+        if known is None:
             raise RequestError(404, f"unknown user {clip(req.user_id)}")
-        history = list(catalog.histories[req.user_id])
+        history = list(known)
     else:
         history = list(req.history or [])
         if len(history) > limits.max_request_history:

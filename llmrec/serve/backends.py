@@ -6,7 +6,8 @@ time while handing the models batches. Requests that arrive within ``max_wait_ms
 other (up to ``max_batch``) and ask for the same model and beam width go through one
 ``Recommender.recommend`` call in a worker thread — HF: one constrained ``generate``; vLLM:
 every beam of every request in one engine call per SID level. A batch that fails answers its
-own requests with the error (the app turns it into a 503); the batcher keeps serving.
+requests with the error only after each was tried alone (one bad request never fails the
+others; the app turns an error into a 503), and the batcher keeps serving.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmrec.data.split import HistoryRule
 from llmrec.recommend.base import Recommender
 
 logger = logging.getLogger(__name__)
@@ -41,21 +43,31 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class ServingCatalog:
-    """Item ids (trie order), titles, and the known users' histories (oldest first)."""
+    """Item ids (trie order), titles, and the known users' histories (oldest first) under the
+    server's history rule (``rule``) and, in ``by_rule``, under the others a request may ask for."""
 
     item_ids: tuple[str, ...]
     titles: dict[str, str] = field(default_factory=dict)
     histories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rule: str = "all"
+    by_rule: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @functools.cached_property
     def item_set(self) -> frozenset[str]:
         """The item ids, for membership tests."""
         return frozenset(self.item_ids)
 
+    def history(self, user: str, rule: str | None = None) -> tuple[str, ...] | None:
+        """A known user's history under ``rule`` (default: the server's), None if unknown."""
+        table = self.histories if rule in (None, self.rule) else self.by_rule.get(rule or "", {})
+        return table.get(user)
+
     @classmethod
-    def from_run(cls, run: str | Path, item_ids: Sequence[str]) -> ServingCatalog:
-        """Titles from the run's items; each known user's whole history (every interaction
-        of the split, the held-out ones included)."""
+    def from_run(
+        cls, run: str | Path, item_ids: Sequence[str], rule: HistoryRule = "all"
+    ) -> ServingCatalog:
+        """Titles from the run's items; users' histories from its split under every rule
+        (``Split.histories``: all interactions, or those before the held-out test item)."""
         from llmrec.data.prepare import PreparedData
 
         prepared = PreparedData.load(run)
@@ -63,19 +75,11 @@ class ServingCatalog:
         titles = {}
         if "title" in items.columns:
             titles = dict(zip(items["item_id"], items["title"].astype(str), strict=True))
-        histories = {}
-        cases = prepared.split.cases("test")
-        for user, history, target in zip(
-            cases["user_id"], cases["history"], cases["target"], strict=True
-        ):
-            histories[str(user)] = (*(str(i) for i in history), *_targets(target))
-        return cls(tuple(item_ids), titles, histories)
-
-
-def _targets(target: Any) -> tuple[str, ...]:
-    if isinstance(target, str):
-        return (target,)
-    return tuple(str(t) for t in target) if target is not None else ()
+        by_rule = {
+            name: {u: tuple(h) for u, (h, _) in prepared.split.histories(name).items()}
+            for name in ("all", "test", "valid")
+        }
+        return cls(tuple(item_ids), titles, by_rule[rule], rule, by_rule)
 
 
 def with_beams(model: Recommender, width: int | None) -> Recommender:
@@ -137,7 +141,6 @@ class RecommenderBackend:
     async def _run(self, key: tuple[str, int | None, int]) -> None:
         queue = self._queues[key]
         model = with_beams(self.models[key[0]], key[1])
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
             deadline = time.monotonic() + self.max_wait_ms / 1000
@@ -150,25 +153,39 @@ class RecommenderBackend:
                 except TimeoutError:
                     break
             try:
-                items, scores = await loop.run_in_executor(
-                    self._pool,
-                    model.recommend,
-                    [p.history for p in batch],
-                    key[2],
-                    [p.exclude for p in batch],
-                    [p.user for p in batch],
-                )
-            except Exception as err:  # answer every waiting request, keep the batcher alive
+                results = await self._answer(model, batch, key[2])
+            except Exception as err:
+                # One bad request must not fail the others: answer them one by one.
+                if len(batch) == 1:
+                    batch[0].future.set_exception(err)
+                    continue
                 for p in batch:
-                    p.future.set_exception(err)
+                    try:
+                        (ranked,) = await self._answer(model, [p], key[2])
+                    except Exception as one:
+                        p.future.set_exception(one)
+                    else:
+                        p.future.set_result(ranked)
                 continue
-            for p, row, values in zip(batch, items, scores, strict=True):
-                ranked = [
-                    (item, float(score))
-                    for item, score in zip(row, values, strict=True)
-                    if item and math.isfinite(score)
-                ]
+            for p, ranked in zip(batch, results, strict=True):
                 p.future.set_result(ranked)
+
+    async def _answer(
+        self, model: Recommender, batch: list[_Pending], k: int
+    ) -> list[list[tuple[str, float]]]:
+        """One ``recommend`` call for the whole batch, in the worker thread."""
+        items, scores = await asyncio.get_running_loop().run_in_executor(
+            self._pool,
+            model.recommend,
+            [p.history for p in batch],
+            k,
+            [p.exclude for p in batch],
+            [p.user for p in batch],
+        )
+        return [
+            [(i, float(s)) for i, s in zip(row, values, strict=True) if i and math.isfinite(s)]
+            for row, values in zip(items, scores, strict=True)
+        ]
 
     async def close(self) -> None:
         """Stop the batchers and the engines."""

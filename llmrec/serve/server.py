@@ -37,6 +37,13 @@ class ServeConfig:
     stage: str | None = field(
         default=None, metadata={"help": "trained stage to serve (default: the newest)"}
     )
+    history_rule: Literal["all", "test", "valid"] = field(
+        default="all",
+        metadata={
+            "help": "a known user's interactions a request uses: all (default), or those "
+            "before the held-out test (valid) item as in evaluation; a request may override it"
+        },
+    )
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     port: int = field(default=8000, metadata={"help": "port to bind", "min": 1})
     num_beams: int = field(
@@ -152,7 +159,7 @@ def build_app(cfg: ServeConfig, run: str | Path | None, model_dir: str | Path | 
     )
     stage = resolve_stage(layout, cfg.stage) if model_dir is None else None
     decoding = RunDecoding.load(layout)
-    catalog = ServingCatalog.from_run(layout.root, decoding.trie.item_ids)
+    catalog = ServingCatalog.from_run(layout.root, decoding.trie.item_ids, cfg.history_rule)
     if cfg.adapters and cfg.backend != "vllm":
         raise UserError("adapters are served by the vllm backend only", field="adapters")
     for path in cfg.adapters.values():

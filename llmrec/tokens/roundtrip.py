@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmrec.errors import UserError
 from llmrec.indexing.sid_map import SemanticIdMap
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ _ADVICE = "add them with add_sid_tokens()"
 _CHAT_USER = "Recommend the next item."
 
 
-class TokenizationError(ValueError):
+class TokenizationError(UserError):
     """The tokenizer does not keep SIDs as exactly their code tokens."""
 
 

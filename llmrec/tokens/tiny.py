@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 
+from llmrec.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CHATML_TEMPLATE", "build_tiny_model", "save_tiny", "train_tokenizer"]
@@ -226,15 +228,15 @@ def build_tiny_model(
 def _check_sizes(hidden_size: int, num_heads: int, num_kv_heads: int | None, layers: int) -> int:
     """head_dim, after checking the sizes make a model vLLM can serve too."""
     if hidden_size <= 0 or num_heads <= 0 or layers <= 0:
-        raise ValueError("hidden_size, num_heads and num_layers must be positive")
+        raise UserError("hidden_size, num_heads and num_layers must be positive")
     if hidden_size % num_heads:
-        raise ValueError(
+        raise UserError(
             f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}: vLLM's Qwen2 "
             "takes head_dim = hidden_size / num_heads and would build other shapes"
         )
     head_dim = hidden_size // num_heads
     if head_dim < 32 or head_dim % 2:
-        raise ValueError(
+        raise UserError(
             f"head_dim = hidden_size / num_heads = {hidden_size}/{num_heads} = {head_dim}; it "
             "must be an even number ≥ 32 (rotary embeddings and vLLM's attention kernels); "
             f"use at most {max(hidden_size // 32, 1)} heads or a larger hidden_size"
@@ -242,7 +244,7 @@ def _check_sizes(hidden_size: int, num_heads: int, num_kv_heads: int | None, lay
     if head_dim % 16:
         logger.warning("head_dim=%d is not a multiple of 16; some vLLM kernels reject it", head_dim)
     if num_kv_heads is not None and (num_kv_heads <= 0 or num_heads % num_kv_heads):
-        raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
+        raise UserError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
     return head_dim
 
 
@@ -277,7 +279,7 @@ def _check_reload(tokenizer: Any, folder: Path, model_type: str) -> None:
         loaded(p)["input_ids"] == tokenizer(p)["input_ids"] for p in probes
     ):
         return
-    raise ValueError(
+    raise UserError(
         f"AutoTokenizer.from_pretrained({str(folder)!r}) gives a {type(loaded).__name__} that "
         f"tokenises differently from the {type(tokenizer).__name__} saved there: transformers "
         f"picks the tokenizer class from the model type ({model_type!r}) and rebuilds its "

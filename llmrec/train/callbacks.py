@@ -12,10 +12,17 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalFn", "JsonlLogCallback", "PeriodicEvalCallback", "StepCounterCallback"]
+__all__ = [
+    "EvalFn",
+    "JsonlLogCallback",
+    "PeriodicEvalCallback",
+    "StepCounterCallback",
+    "TrainingProgressCallback",
+]
 
 # eval_fn(model, tokenizer) -> {"recall@10": 0.05, ...}: e.g. constrained top-K recommendation
 # on a validation subset. It gets the model in eval mode under torch.no_grad().
@@ -124,3 +131,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
     return value
+
+
+class TrainingProgressCallback(ProgressCallback):
+    """transformers' progress bar without the evaluation loop's nested bar, whose cursor moves
+    garble a log file; the evaluation's results are still logged."""
+
+    def on_prediction_step(self, *args: Any, **kwargs: Any) -> None:
+        """No nested bar."""

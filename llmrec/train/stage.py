@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrec.config import ConfigError, dump_yaml, load_config
+from llmrec.console import quiet_upstream
 from llmrec.errors import UserError
 from llmrec.io import write_json_atomic
 from llmrec.run import BASE_MODEL, CONFIG, METRICS, MODEL, MODEL_INFO, SID_MAP, RunLayout
@@ -210,11 +211,13 @@ def train_stage(
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
+    from transformers.trainer_callback import ProgressCallback
 
     from llmrec.train.callbacks import (
         JsonlLogCallback,
         PeriodicEvalCallback,
         StepCounterCallback,
+        TrainingProgressCallback,
     )
     from llmrec.train.peft_setup import patch_trainable_tokens_bias
 
@@ -249,6 +252,9 @@ def train_stage(
     built = plan.build(ctx)
     trainer = built.trainer
     counter = StepCounterCallback()
+    # One progress bar: the training's (the evaluation loop's nested bar garbles logs).
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TrainingProgressCallback)
     for callback in (JsonlLogCallback(ckpt_dir / "log.jsonl"), counter, *callbacks):
         trainer.add_callback(callback)
     if patched := patch_trainable_tokens_bias(trainer.model):
@@ -405,8 +411,10 @@ def module_main(
     """``python -m llmrec.train.<name>``: what ``accelerate launch -m`` starts per process."""
     parser = argparse.ArgumentParser(prog=prog, description="see `llmrec train --help`")
     add_stage_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="upstream warnings too")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
+    quiet_upstream(args.verbose)
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",

@@ -193,3 +193,25 @@ def test_masking_in_place_never_touches_logits_hf_keeps(
     assert all(bool((f < s.shape[1]).all()) for f, s in zip(finite, out.scores, strict=True))
     if output_logits:  # the raw logits were not masked behind HF's back
         assert all(bool(torch.isfinite(x).all()) for x in out.logits)
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(catalogs(), st.integers(1, 12))
+def test_tree_attention_in_chunks_scores_like_one_pass(
+    stack: tuple[Any, Any], sid_map: SemanticIdMap, chunk: int
+) -> None:
+    """Exact ranking feeds the trie in chunks of whole subtrees: the scores are those of one
+    pass over the whole tree."""
+    tokenizer, model = stack
+    trie = ItemTrie.from_sid_map(sid_map, tokenizer, tokenizer.eos_token_id)
+    histories = [["liked"], ["movie", "then", "next"], []]
+    whole = HFRecommender(model, StaticPrompts(tokenizer), trie, tree_chunk=10**6)  # type: ignore[arg-type]
+    parts = HFRecommender(model, StaticPrompts(tokenizer), trie, tree_chunk=chunk)  # type: ignore[arg-type]
+    assert len(whole._tree["chunks"]) == 1
+    covered = torch.cat(parts._tree["chunks"]).sort().values
+    assert torch.equal(covered, torch.arange(len(parts._tree["nodes"])))  # a partition
+    torch.testing.assert_close(
+        parts.score_all(histories), whole.score_all(histories), atol=1e-5, rtol=0
+    )

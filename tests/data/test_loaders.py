@@ -237,7 +237,7 @@ def test_line_numbers_skip_blank_lines(fixtures: Path) -> None:
 def test_missing_column(fixtures: Path) -> None:
     with pytest.raises(
         DataError,
-        match=r"log\.csv: missing column\(s\) for timestamp \(column "
+        match=r"log\.csv: field 'time' is missing: no column for timestamp \(column "
         r"'time'\)",
     ):
         load_tabular(
@@ -245,7 +245,7 @@ def test_missing_column(fixtures: Path) -> None:
             columns={"user_id": "uid", "item_id": "iid", "timestamp": "time"},
         )
     (fixtures / "atomic/toy.inter").write_text("user_id:token\titem_id:token\n1\t10\n")
-    with pytest.raises(DataError, match=r"toy\.inter: missing field 'timestamp'"):
+    with pytest.raises(DataError, match=r"toy\.inter: field 'timestamp' is missing"):
         _atomic(fixtures)
 
 
@@ -281,5 +281,5 @@ def test_unknown_items_can_be_dropped(fixtures: Path) -> None:
 def test_unknown_dataset_and_missing_path() -> None:
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
         load_dataset(DatasetConfig(name="nope", path="x"))
-    with pytest.raises(DataError, match=r"needs dataset\.path"):
+    with pytest.raises(DataError, match=r"dataset\.path: is required for dataset 'ml-1m'"):
         load_dataset(DatasetConfig(name="ml-1m"))

@@ -47,7 +47,7 @@ def test_short_users_are_dropped_and_counted() -> None:
     ev = make([("u", "a", 1), ("u", "b", 2), ("v", "a", 1), ("v", "b", 2), ("v", "c", 3)])
     split = leave_one_out(ev)
     assert split.table["user_id"].tolist() == ["v"] and split.dropped_users == 1
-    with pytest.raises(DataError, match="leave-one-out needs"):
+    with pytest.raises(DataError, match="leave_one_out needs"):
         leave_one_out(make([("u", "a", 1)]))
 
 

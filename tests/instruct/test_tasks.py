@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llmrec.config import ConfigError
 from llmrec.data import PreparedData, leave_one_out
+from llmrec.errors import UserError
 from llmrec.indexing.sid_map import SemanticIdMap
 from llmrec.instruct.build import InstructConfig, render_examples
 from llmrec.instruct.tasks import mixture_indices
@@ -105,7 +107,9 @@ def test_mixture_weights(tmp_path: Path) -> None:
     twice = render(prepared, tasks={"seqrec": 2.0})["train"]
     assert len(twice) == 2 * n
     assert len({e.prompt for e in twice}) > n  # the copies draw other paraphrases
-    assert render(prepared, tasks={"seqrec": 0.0})["train"] == []
+    # A mixture that renders nothing is a mistake, not an empty training set.
+    with pytest.raises(ConfigError, match=r"tasks: has no task with a weight above 0"):
+        render(prepared, tasks={"seqrec": 0.0})
     rng = np.random.default_rng(0)
     assert list(mixture_indices(4, 1.5, rng)).count(0) in (1, 2)
 
@@ -118,9 +122,13 @@ def test_reviews_from_training_interactions_only(tmp_path: Path) -> None:
     for e in examples:
         assert e.target_item in list(table.loc[e.user_id, "train_items"])
         assert f"review of {e.target_item} by {e.user_id}" in e.prompt
-    # Without review text the task is skipped, not an error.
+    # Without review text the task is skipped, not an error, unless nothing else is left.
     (tmp_path / "plain").mkdir()
-    assert render(make_prepared(tmp_path / "plain"), tasks={"review2item": 1.0})["train"] == []
+    plain = make_prepared(tmp_path / "plain")
+    mixed = render(plain, tasks={"review2item": 1.0, "seqrec": 1.0})["train"]
+    assert mixed and {e.task for e in mixed} == {"seqrec"}
+    with pytest.raises(UserError, match="no training examples"):
+        render(plain, tasks={"review2item": 1.0})
 
 
 def test_unknown_task(tmp_path: Path) -> None:
@@ -131,7 +139,7 @@ def test_unknown_task(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("task: t\nkind: sequence\n", "missing field 'paraphrases'"),
+        ("task: t\nkind: sequence\n", "field 'paraphrases' is missing"),
         ("task: t\nkind: other\nparaphrases: [{prompt: a, response: b}]\n", "field 'kind'"),
         ("task: t\nkind: item\nparaphrases: [{prompt: a}]\n", "paraphrase 1 needs"),
         (

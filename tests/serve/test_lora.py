@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from llmrec.constrain.trie import ItemTrie
+from llmrec.errors import UserError
 from llmrec.recommend.hf import HFRecommender
 from llmrec.recommend.vllm import VLLMRecommender
 from llmrec.serve.server import check_adapter
@@ -57,5 +58,5 @@ def test_adapters_with_token_rows_are_refused(adapters: dict[str, Path], tmp_pat
     config = json.loads((adapters["alice"] / "adapter_config.json").read_text())
     config["trainable_token_indices"] = {"embed_tokens": [1, 2]}
     (bad / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="llmrec export"):
+    with pytest.raises(UserError, match="llmrec export"):
         check_adapter(bad)
