@@ -4,7 +4,9 @@ Kang & McAuley (2018) with the now-standard full-softmax cross-entropy over all 
 sampled negatives. Trained on ``split.table["train_items"]`` only and model-selected by
 ``eval.evaluate`` on the validation cases, so its numbers come from the same code path as every
 other recommender. Pre-LN causal Transformer blocks; the output layer is tied to the item
-embedding (score = h · E_item).
+embedding (score = h · E_item). The network itself (``SASRecModel``) lives in
+``llmrec.recommend.sasrec``, where training stages can read a saved model's scores (GRPO's
+collaborative reward) without importing evaluation.
 """
 
 from __future__ import annotations
@@ -23,20 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import nn
 from tqdm.auto import tqdm
 
 from llmrec.config import from_dict, to_dict
 from llmrec.data.split import Split
-from llmrec.errors import UserError
 from llmrec.eval.metrics import top_k
 from llmrec.eval.protocol import EvalConfig, evaluate
 from llmrec.io import atomic_path, write_json_atomic
 from llmrec.recommend.base import Users
+from llmrec.recommend.sasrec import SASRecModel, encode_histories
 
 logger = logging.getLogger(__name__)
-
-PAD = 0  # item index 0 is padding; real items are 1..n
 
 
 @dataclass
@@ -73,83 +72,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class _Block(nn.Module):
-    """Pre-LN Transformer block: x + Attn(LN x), then x + FFN(LN x)."""
-
-    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
-        self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.out = nn.Linear(hidden, hidden)
-        self.ffn = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden)
-        )
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
-        # No dropout on attention weights: on CPU it makes SDPA ~10x slower for little gain.
-        att = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
-        )
-        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, n, d)))
-        return x + self.drop(self.ffn(self.ln2(x)))
-
-
-class SASRecModel(nn.Module):
-    """Item + position embeddings, causal pre-LN blocks, logits tied to the item embedding."""
-
-    def __init__(self, n_items: int, cfg: SASRecConfig) -> None:
-        super().__init__()
-        if cfg.hidden % cfg.heads:
-            raise UserError(f"hidden {cfg.hidden} is not divisible by heads {cfg.heads}")
-        self.items = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=PAD)
-        self.positions = nn.Embedding(cfg.max_len, cfg.hidden)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            _Block(cfg.hidden, cfg.heads, cfg.dropout) for _ in range(cfg.blocks)
-        )
-        self.ln = nn.LayerNorm(cfg.hidden)
-        # Small init as in BERT/RecBole: the tied output layer starts near uniform logits.
-        for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        with torch.no_grad():
-            self.items.weight[PAD].zero_()
-
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, L, H] for left-padded item indices [B, L]."""
-        n = seq.shape[1]
-        real = seq != PAD
-        pos = torch.arange(n, device=seq.device)
-        x = self.drop(self.items(seq) + self.positions(pos)[None]) * real[..., None]
-        causal = torch.ones(n, n, dtype=torch.bool, device=seq.device).tril()
-        # A position sees earlier real items and itself (padding rows too, so no row is empty).
-        mask = (causal[None] & real[:, None, :]) | torch.eye(n, dtype=torch.bool, device=seq.device)
-        mask = mask[:, None]  # [B, 1, L, L], broadcast over heads
-        for block in self.blocks:
-            x = block(x, mask) * real[..., None]
-        return self.ln(x)
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores over real items 1..n (column j is item index j + 1)."""
-        return hidden @ self.items.weight[1:].T
-
-
-def _encode(seqs: Sequence[Sequence[int]], length: int) -> torch.Tensor:
-    """Left-pad (or cut to the last ``length``) index sequences into a [n, length] tensor."""
-    out = torch.zeros(len(seqs), length, dtype=torch.long)
-    for r, seq in enumerate(seqs):
-        tail = list(seq)[-length:]
-        if tail:
-            out[r, length - len(tail) :] = torch.tensor(tail, dtype=torch.long)
-    return out
-
-
 class SASRecRecommender:
     """A trained SASRec behind the ``Recommender`` protocol."""
 
@@ -175,7 +97,7 @@ class SASRecRecommender:
                     [self.index[i] for i in h if i in self.index]
                     for h in histories[start : start + bs]
                 ]
-                seq = _encode(rows, self.cfg.max_len).to(self.device)
+                seq = encode_histories(rows, self.cfg.max_len).to(self.device)
                 hidden = self.model(seq)[:, -1]  # left padding: the last position is the newest
                 out[start : start + len(rows)] = self.model.logits(hidden).double().cpu().numpy()
         self.model.train(was_training)
@@ -229,8 +151,10 @@ def _training_tensors(
     """Inputs and next-item targets [n_users, max_len] from each user's last max_len+1 items."""
     seqs = [[index[i] for i in seq][-(max_len + 1) :] for seq in split.table["train_items"]]
     seqs = [s for s in seqs if len(s) >= 2]  # one item predicts nothing
-    inputs = _encode([s[:-1] for s in seqs], max_len)
-    targets = _encode([s[1:] for s in seqs], max_len) - 1  # column of the item; padding → -1
+    inputs = encode_histories([s[:-1] for s in seqs], max_len)
+    targets = (
+        encode_histories([s[1:] for s in seqs], max_len) - 1
+    )  # column of the item; padding → -1
     return inputs, targets
 
 

@@ -124,7 +124,8 @@ class HFRecommender:
         )
         out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         generated = out.sequences[:, ids.shape[1] :]
-        items = self.trie.items_of(generated)
+        # The trie may live on another device than the model (CPU trie, CUDA model).
+        items = self.trie.items_of(generated.to(self.trie.device))
         if width == 1:
             # Sum of raw log-probs of the chosen tokens up to and including the end token.
             logp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.logits], 1)

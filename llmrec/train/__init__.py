@@ -1,6 +1,7 @@
-"""Training stages on one harness (``stage.py``): supervised fine-tuning (full, LoRA, QLoRA) with
-TRL, launched as one process or many (``accelerate launch`` / ``torchrun``), and export of a
-trained stage as one HF checkpoint. Loading a trained model lives in ``llmrec.recommend.loading``.
+"""Training stages on one harness (``stage.py``): supervised fine-tuning (full, LoRA, QLoRA) and
+preference alignment (GRPO, DPO) with TRL, launched as one process or many (``accelerate
+launch`` / ``torchrun``), and export of a trained stage as one HF checkpoint. Loading a trained
+model lives in ``llmrec.recommend.loading``.
 
 Names are imported on first use: the config classes stay cheap to import (the CLI builds its
 help from them) while the trainer pulls in torch, transformers, TRL and PEFT.
@@ -61,6 +62,19 @@ TRAINERS: dict[str, tuple[str, str, str]] = {
         "llmrec.train.sft:train_sft",
         "Supervised fine-tuning into <run>/sft (full, LoRA or QLoRA) with TRL's SFTTrainer on "
         "<run>/instruct; checkpoints resume after a crash.",
+    ),
+    "grpo": (
+        "llmrec.train.align_config:GRPOStageConfig",
+        "llmrec.train.grpo:train_grpo",
+        "GRPO from the SFT model into <run>/grpo with TRL's GRPOTrainer: constrained rollouts "
+        "(beam or sample, catalog items only) and recommendation rewards by name (hit, "
+        "ranking, collaborative, semantic).",
+    ),
+    "dpo": (
+        "llmrec.train.align_config:DPOStageConfig",
+        "llmrec.train.dpo:train_dpo",
+        "DPO from the SFT model into <run>/dpo with TRL's DPOTrainer: hard negatives from "
+        "constrained beam search, TRL losses or S-DPO, iterative rounds.",
     ),
 }
 
