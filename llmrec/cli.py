@@ -131,6 +131,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zeroshot_recommend(args: argparse.Namespace) -> int:
+    """llmrec zeroshot recommend."""
+    from llmrec.zeroshot.build import show_user
+    from llmrec.zeroshot.config import ZeroShotRecommendConfig
+
+    overrides = [f"model={args.model}"] if args.model else []
+    cfg = load_config(ZeroShotRecommendConfig, args.config, overrides + list(args.overrides))
+    print(show_user(args.run, cfg))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """llmrec serve."""
     from llmrec.serve.server import ServeConfig, serve
@@ -209,6 +220,22 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=["float32", "bfloat16", "float16"], help="default: as trained"
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing export")
+
+
+def _zeroshot_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    parser.add_argument(
+        "--model",
+        help="a trained stage of the run (llm: the newest), a model folder or hub name, or the "
+        "served model's name with backend=openai (shortcut for model=...)",
+    )
+    parser.add_argument("--config", type=Path, help="YAML config file")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="e.g. user_id=42 k=10 candidates=20 backend=openai",
+    )
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -311,6 +338,18 @@ def _verbs() -> list[Verb]:
             "llmrec.eval.stage:EvalStageConfig",
         ),
         Verb(
+            "zeroshot",
+            "recommend",
+            "one user's top-K from a prompted LLM, grounded to real items",
+            "Prompt an LLM (local HF or vLLM model, or an OpenAI-compatible endpoint: base URL "
+            "and key from OPENAI_BASE_URL / OPENAI_API_KEY) with a test user's history from "
+            "prompts/, and print the prompt, each answer line with the item it was grounded to "
+            "(trie, exact, fuzzy, embedding or none) and the top-K beside the held-out item.",
+            cmd_zeroshot_recommend,
+            "llmrec.zeroshot.config:ZeroShotRecommendConfig",
+            _zeroshot_args,
+        ),
+        Verb(
             "serve",
             None,
             "serve the run's model over HTTP (HF or vLLM)",
@@ -335,6 +374,7 @@ Stages write into one run directory, each its own subfolder:
   train     sft (full, LoRA, QLoRA), then alignment   → <run>/<trainer>/
   export    merge a trained stage into one checkpoint → <run>/export/<stage>/
   eval      trained models beside Pop and SASRec      → <run>/eval/
+  zeroshot  a prompted LLM's picks, grounded to items
   serve     the run's model over HTTP (HF or vLLM)
 Start with `llmrec quickstart`, or `llmrec data prepare --run runs/ml100k`."""
 
