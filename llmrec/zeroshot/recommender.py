@@ -244,10 +244,10 @@ class ZeroShotRecommender:
     ) -> str:
         if item is None:
             return "ungrounded"
+        if allowed is not None and item not in allowed:
+            return "not_candidate"  # (excluded too: the candidate protocol excludes the rest)
         if item in request.exclude:
             return "excluded"
-        if allowed is not None and item not in allowed:
-            return "not_candidate"
         if item in row:
             return "repeated"
         return "used" if len(row) < k else "beyond_k"
