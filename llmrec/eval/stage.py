@@ -157,10 +157,13 @@ def _trained(stage: str | None) -> ModelEntry:
     )
 
 
-def _zeroshot_label(section: ZeroShotSection) -> str:
+def _zeroshot_label(cfg: EvalStageConfig) -> str:
+    section = cfg.zeroshot
     if section.backend == "openai":
         return f"zero-shot ({section.model})"
-    return f"zero-shot ({section.backend} {section.decoding})"
+    exact = section.backend == "hf" and section.candidate_scoring == "exact"
+    decoding = "exact" if cfg.protocol.candidates and exact else section.decoding
+    return f"zero-shot ({section.backend} {decoding})"
 
 
 def _zeroshot(ctx: ModelContext) -> Recommender:
@@ -182,7 +185,7 @@ MODELS: dict[str, ModelEntry] = {
     "llm": _trained(None),
     **{stage: _trained(stage) for stage in TRAINED},
     "zeroshot": ModelEntry(
-        label=lambda cfg: _zeroshot_label(cfg.zeroshot),
+        label=_zeroshot_label,
         build=lambda ctx: (_zeroshot(ctx), 0.0),
         # The model may be any trained stage of the run: every finished one keys the results.
         reads=lambda layout: tuple(s for s in TRAINED if layout.key(s)),

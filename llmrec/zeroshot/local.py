@@ -179,7 +179,10 @@ class CandidateScorer:
         sequences, index = self._rows
         rows = [index[c] for c in candidates]
         ids = [self.trie.item_ids[r] for r in rows]
-        sub = ItemTrie.from_sequences(sequences[rows], ids, self.trie.end_token_id)
+        chosen = sequences[rows]
+        # Only as many columns as the longest candidate: an all-padding column has no nodes.
+        chosen = chosen[:, : int((chosen >= 0).sum(1).max())]
+        sub = ItemTrie.from_sequences(chosen, ids, self.trie.end_token_id)
         prompts: Any = PromptIds(self.tokenizer)
         ranker = HFRecommender(self.model, prompts, sub, mode="exact", batch_size=1)
         history: Any = tuple(prompt_ids)  # PromptIds reads a "history" as the prompt ids

@@ -199,6 +199,9 @@ def test_exact_candidate_scoring_equals_a_full_width_beam(stack: tuple[Any, Any]
         model=model,
         tokenizer=tokenizer,
     )
+    # Candidates without the longest title: their trie is shallower than the catalog's.
+    short, _ = exact.recommend([["i1"]], 3, [{"i0", "i2", "i5", "i6"}])
+    assert sorted(short[0]) == ["i1", "i3", "i4"]
     got_exact, scores_exact = exact.recommend([["i1"]], 5, exclude)
     got_beam, scores_beam = beam.recommend([["i1"]], 5, exclude)
     assert exact.last[0][0].text == beam.last[0][0].text  # one prompt
