@@ -176,6 +176,8 @@ class CandidateScorer:
         """The ``k`` best candidates with their log-probabilities, best first."""
         from llmrec.recommend.hf import HFRecommender
 
+        if not candidates:
+            return []
         sequences, index = self._rows
         rows = [index[c] for c in candidates]
         ids = [self.trie.item_ids[r] for r in rows]

@@ -3,6 +3,8 @@ catalogs, every decoding mode, adversarial generation settings, exclusions and c
 
 from __future__ import annotations
 
+import copy
+import os
 import warnings
 from typing import Any
 
@@ -63,8 +65,11 @@ def _check(
         assert row[len(named) :] == [""] * (k - len(named))
 
 
+# LLMREC_FUZZ_EXAMPLES raises the number of fuzzed cases for a longer soak (15 in CI).
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("LLMREC_FUZZ_EXAMPLES", "15")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     item_tables(max_items=10),
@@ -82,7 +87,23 @@ def test_every_local_output_is_a_catalog_item(
     seed: int,
 ) -> None:
     tokenizer, model = stack
-    _adversarial(model, tokenizer)
+    saved = copy.deepcopy(model.generation_config)
+    try:
+        _adversarial(model, tokenizer)
+        _every_output_is_an_item(model, tokenizer, items, decoding, generation, k, seed)
+    finally:
+        model.generation_config = saved  # the model is shared by the other tests
+
+
+def _every_output_is_an_item(
+    model: Any,
+    tokenizer: Any,
+    items: pd.DataFrame,
+    decoding: str,
+    generation: dict[str, Any],
+    k: int,
+    seed: int,
+) -> None:
     rng = np.random.default_rng(seed)
     ids = items["item_id"].tolist()
     section = ZeroShotSection(
