@@ -152,6 +152,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zeroshot_recommend(args: argparse.Namespace) -> int:
+    """llmrec zeroshot recommend."""
+    from llmrec.zeroshot.build import show_user
+    from llmrec.zeroshot.config import ZeroShotRecommendConfig
+
+    overrides = [f"model={args.model}"] if args.model else []
+    cfg = load_config(ZeroShotRecommendConfig, args.config, overrides + list(args.overrides))
+    print(show_user(args.run, cfg))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """llmrec serve."""
     from llmrec.serve.server import ServeConfig, serve
@@ -257,6 +268,22 @@ def _recommend_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-beams", type=int, default=DEFAULT_BEAMS, help="beam width")
     parser.add_argument("--keep-seen", action="store_true", help="allow items of the history")
+
+
+def _zeroshot_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
+    parser.add_argument(
+        "--model",
+        help="a trained stage of the run (llm: the newest), a model folder or hub name, or the "
+        "served model's name with backend=openai (shortcut for model=...)",
+    )
+    parser.add_argument("--config", type=Path, help="YAML config file")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="e.g. user_id=42 k=10 candidates=20 backend=openai",
+    )
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -371,6 +398,18 @@ def _verbs() -> list[Verb]:
             _recommend_args,
         ),
         Verb(
+            "zeroshot",
+            "recommend",
+            "one user's top-K from a prompted LLM, grounded to real items",
+            "Prompt an LLM (local HF or vLLM model, or an OpenAI-compatible endpoint: base URL "
+            "and key from OPENAI_BASE_URL / OPENAI_API_KEY) with a test user's history from "
+            "prompts/, and print the prompt, each answer line with the item it was grounded to "
+            "(trie, exact, fuzzy, embedding or none) and the top-K beside the held-out item.",
+            cmd_zeroshot_recommend,
+            "llmrec.zeroshot.config:ZeroShotRecommendConfig",
+            _zeroshot_args,
+        ),
+        Verb(
             "serve",
             None,
             "serve the run's model over HTTP (HF or vLLM)",
@@ -396,6 +435,7 @@ Stages write into one run directory, each its own subfolder:
   export    merge a trained stage into one checkpoint → <run>/export/<stage>/
   eval      trained models beside Pop and SASRec      → <run>/eval/
   recommend one user's top-k with titles
+  zeroshot  a prompted LLM's picks, grounded to items
   serve     the run's model over HTTP (HF or vLLM)
 Start with `llmrec quickstart`, or `llmrec data prepare --run runs/ml100k`."""
 

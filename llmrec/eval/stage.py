@@ -29,6 +29,7 @@ from llmrec.eval.sasrec import SASRecConfig, SASRecRecommender, train_sasrec
 from llmrec.io import write_json_atomic, write_text_atomic
 from llmrec.recommend.base import DEFAULT_BEAMS, Recommender
 from llmrec.run import CONFIG, DATA, EVAL, METRICS, SASREC, TRAINED, RunLayout
+from llmrec.zeroshot.config import ZeroShotSection
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class EvalStageConfig:
         metadata={
             "help": "any of llm (the run's newest trained model), "
             + ", ".join(TRAINED)
-            + ", pop, sasrec"
+            + ", pop, sasrec, zeroshot (a prompted LLM: the zeroshot section)"
         },
     )
     exclude_seen: list[bool] = field(
@@ -65,6 +66,7 @@ class EvalStageConfig:
     )
     batch_size: int = field(default=16, metadata={"help": "users per LLM forward", "min": 1})
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    zeroshot: ZeroShotSection = field(default_factory=ZeroShotSection)
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,22 @@ def _trained(stage: str | None) -> ModelEntry:
     )
 
 
+def _zeroshot_label(cfg: EvalStageConfig) -> str:
+    section = cfg.zeroshot
+    if section.backend == "openai":
+        return f"zero-shot ({section.model})"
+    exact = section.backend == "hf" and section.candidate_scoring == "exact"
+    decoding = "exact" if cfg.protocol.candidates and exact else section.decoding
+    return f"zero-shot ({section.backend} {decoding})"
+
+
+def _zeroshot(ctx: ModelContext) -> Recommender:
+    """The prompted model of the ``zeroshot`` section (llmrec.zeroshot)."""
+    from llmrec.zeroshot.build import zeroshot_from_run
+
+    return zeroshot_from_run(ctx.layout, ctx.cfg.zeroshot, progress=True)
+
+
 MODELS: dict[str, ModelEntry] = {
     "pop": ModelEntry(
         label=lambda cfg: "Pop",
@@ -166,6 +184,12 @@ MODELS: dict[str, ModelEntry] = {
     ),
     "llm": _trained(None),
     **{stage: _trained(stage) for stage in TRAINED},
+    "zeroshot": ModelEntry(
+        label=_zeroshot_label,
+        build=lambda ctx: (_zeroshot(ctx), 0.0),
+        # The model may be any trained stage of the run: every finished one keys the results.
+        reads=lambda layout: tuple(s for s in TRAINED if layout.key(s)),
+    ),
 }
 
 

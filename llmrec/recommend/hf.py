@@ -118,7 +118,11 @@ class HFRecommender:
             output_logits=width == 1,
             do_sample=False,
             length_penalty=0.0,
-            early_stopping=True,
+            # Not True: when a trie leaves fewer continuations than beams, HF fills the beams
+            # with placeholders (score -1e9) that can finish first; True would then stop with
+            # those counted, before a longer real item (a title trie's items differ in length)
+            # is done. "never" stops when no running beam can beat the worst finished one.
+            early_stopping="never",
             output_scores=True,
             return_dict_in_generate=True,
         )
