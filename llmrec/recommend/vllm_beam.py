@@ -105,11 +105,14 @@ def beam_search(
 ) -> list[list[tuple[int, float]]]:
     """Run every user's search to the end with a synchronous ``vllm.LLM``; per user ranked items.
 
-    All users' live beams of one level go to the engine as one batch.
+    All users' live beams of one level go to the engine as one batch. ``lora_request`` is one
+    adapter for all, or a list with one per search (None: no adapter), mixed in that batch.
     """
     from vllm.inputs import TokensPrompt
 
     check_engine(llm.llm_engine.model_config, max(s.width for s in searches))
+    per_search = isinstance(lora_request, list | tuple)
+    loras = dict(zip(map(id, searches), lora_request, strict=True)) if per_search else {}
     for _ in range(trie.depth + 1):
         live = [s for s in searches if not s.done]
         if not live:
@@ -120,7 +123,8 @@ def beam_search(
                 prompts.append(TokensPrompt(prompt_token_ids=s.prompt + list(tokens)))
                 params.append(step_params(s, len(tokens), trie_path))
                 owners.append(s)
-        outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
+        request = [loras[id(s)] for s in owners] if per_search else lora_request
+        outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=request)
         by_search: dict[int, list[list[tuple[int, float]]]] = {}
         for s, out in zip(owners, outputs, strict=True):
             by_search.setdefault(id(s), []).append(_candidates(out))

@@ -62,6 +62,13 @@ TRAINERS: dict[str, tuple[str, str, str]] = {
         "Supervised fine-tuning into <run>/sft (full, LoRA or QLoRA) with TRL's SFTTrainer on "
         "<run>/instruct; checkpoints resume after a crash.",
     ),
+    "per-user": (
+        "llmrec.train.per_user:PerUserStageConfig",
+        "llmrec.train.per_user:train_per_user",
+        "LoRA adapters per cluster of users (and per heavy user), or a gated mixture of "
+        "expert LoRAs, on the merged SFT model, into <run>/per_user with a router "
+        "(user → adapter) that eval and serve use.",
+    ),
 }
 
 
