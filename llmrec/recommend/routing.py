@@ -19,6 +19,7 @@ adapters share every engine batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -133,6 +134,11 @@ class Router:
     def names(self) -> list[str]:
         """Adapter names, sorted (their order gives vLLM's integer adapter ids)."""
         return sorted(self.adapters)
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        """Adapter name → its position in ``names``."""
+        return {name: i for i, name in enumerate(self.names)}
 
     def adapter_dir(self, name: str, cache: str | Path | None = None) -> Path:
         """A plain PEFT folder of adapter ``name``: the stage's, or cut now into ``cache``
@@ -408,6 +414,7 @@ class VLLMBank:
 
     router: Router
     base: Any  # VLLMRecommender on the engine of the shared model
+    first_id: int = 1  # vLLM caches adapters by integer id: ids must be unique per engine
     _requests: dict[str, Any] = field(default_factory=dict)
 
     def request(self, name: str | None) -> Any:
@@ -417,7 +424,7 @@ class VLLMBank:
         if name not in self._requests:
             from vllm.lora.request import LoRARequest
 
-            ident = self.router.names.index(name) + 1  # ids are 1-based and stable per router
+            ident = self.router.index[name] + self.first_id  # stable per router
             path = str(self.router.adapter_dir(name))
             self._requests[name] = LoRARequest(name, ident, path)
         return self._requests[name]
@@ -447,7 +454,7 @@ class VLLMBank:
 
     def with_beams(self, num_beams: int) -> VLLMBank:
         """The same engine and adapters searching with another beam width."""
-        return VLLMBank(self.router, self.base.with_beams(num_beams), self._requests)
+        return VLLMBank(self.router, self.base.with_beams(num_beams), self.first_id, self._requests)
 
 
 def adapter_megabytes(router: Router) -> float:

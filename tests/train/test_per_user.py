@@ -247,3 +247,38 @@ def test_config_checks() -> None:
         from llmrec.train.per_user import check_config
 
         check_config(load_config(PerUserStageConfig, None, ["validation.users=5"]))
+
+
+def test_http_picks_the_users_adapter_and_an_explicit_one_wins(clusters_run: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from llmrec.serve.server import ServeConfig, build_app
+
+    router = Router.load(clusters_run / "per_user")
+    user = next(u for u, name in router.users.items() if name == "cluster-0")
+    app = build_app(ServeConfig(stage="per_user", num_beams=10), clusters_run)
+    routed = load(clusters_run, "per_user", mode="beam", num_beams=10)
+    with TestClient(app) as client:
+        assert set(client.get("/health").json()["adapters"]) == set(router.adapters)
+
+        def items(body: dict[str, Any]) -> list[str]:
+            response = client.post("/v1/recommend", json={"k": 5, **body})
+            assert response.status_code == 200, response.text
+            return [x["item_id"] for x in response.json()["items"]]
+
+        own = items({"user_id": user})
+        assert own == items({"user_id": user, "adapter": "cluster-0"})
+        other = items({"user_id": user, "adapter": "cluster-1"})
+        response = client.post("/v1/recommend", json={"user_id": user, "adapter": "nope"})
+        assert response.status_code == 404
+        from llmrec.serve.backends import ServingCatalog
+
+        ids = RunDecoding.load(clusters_run).trie.item_ids
+        catalog_history = list(ServingCatalog.from_run(clusters_run, ids).histories[user])
+        anonymous = items({"history": catalog_history})
+    exclude = [set(catalog_history)]
+    want_own, _ = routed.recommend([catalog_history], 5, exclude, [user])
+    want_other, _ = routed.pinned("cluster-1").recommend([catalog_history], 5, exclude, [user])
+    want_shared, _ = routed.recommend([catalog_history], 5, exclude, [None])
+    assert own == want_own[0] and other == want_other[0] and anonymous == want_shared[0]
