@@ -282,3 +282,28 @@ def test_http_picks_the_users_adapter_and_an_explicit_one_wins(clusters_run: Pat
     want_other, _ = routed.pinned("cluster-1").recommend([catalog_history], 5, exclude, [user])
     want_shared, _ = routed.recommend([catalog_history], 5, exclude, [None])
     assert own == want_own[0] and other == want_other[0] and anonymous == want_shared[0]
+
+
+def test_a_crashed_mixture_resumes_with_its_gate(sft_run: Path, tmp_path: Path) -> None:
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 3:
+                raise RuntimeError("killed at step 3")
+
+    overrides = [*PER_USER, "mode=mixture", "training.save_steps=2"]
+    cfg = load_config(PerUserStageConfig, None, overrides)
+    reference = _per_user_run(sft_run, tmp_path / "reference", *overrides[len(PER_USER) :])
+    run = tmp_path / "run"
+    shutil.copytree(sft_run, run)
+    with pytest.raises(RuntimeError, match="killed at step 3"):
+        train_per_user(cfg, run, callbacks=[Crash()])
+    folder = train_per_user(load_config(PerUserStageConfig, None, overrides), run)
+    assert json.loads((folder / "metrics.json").read_text())["resumed_from"] == "checkpoint-2"
+    resumed = load_file(str(folder / "model" / "adapter_model.safetensors"))
+    expected = load_file(str(reference / "per_user" / "model" / "adapter_model.safetensors"))
+    assert resumed.keys() == expected.keys() and any("user_gate" in k for k in expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert Router.load(folder).adapters == Router.load(reference / "per_user").adapters
