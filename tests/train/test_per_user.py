@@ -307,3 +307,12 @@ def test_a_crashed_mixture_resumes_with_its_gate(sft_run: Path, tmp_path: Path) 
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert Router.load(folder).adapters == Router.load(reference / "per_user").adapters
+
+
+def test_every_per_user_recipe_loads_and_checks() -> None:
+    from llmrec.train.per_user import check_config
+
+    paths = sorted((Path(__file__).parents[2] / "recipes" / "per_user").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        check_config(load_config(PerUserStageConfig, path))
