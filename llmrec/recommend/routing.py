@@ -249,25 +249,28 @@ def lora_engine_config(
     router: Router,
     cfg: EngineConfig,
     adapter_mb: float,
-    gpu_budget_gb: float = 1.0,
-    cpu_budget_gb: float = 4.0,
+    num_beams: int = DEFAULT_BEAMS,
+    slots_budget_gb: float = 1.0,
+    cache_budget_gb: float = 4.0,
 ) -> EngineConfig:
     """``cfg`` with LoRA on and sized for the router's adapters (see docs/per_user.md).
 
     ``adapter_mb`` is one adapter's size at the router's largest rank. vLLM keeps
-    ``max_loras`` slots of ``max_lora_rank`` on the device (a batch mixes at most that many
-    adapters; requests of others wait), and an LRU of ``max_cpu_loras`` adapters in host
-    memory (a miss reads the folder again). Slots: as many as adapters, at most one per
-    sequence the engine batches, within ``gpu_budget_gb``; cache: every adapter within
-    ``cpu_budget_gb``.
+    ``max_loras`` slots of ``max_lora_rank`` on the device (one engine step mixes at most that
+    many adapters; requests of others wait), and an LRU of ``max_cpu_loras`` adapters in host
+    memory (a miss reads the folder again). Slots: as many as adapters, but no more than one
+    step can use — a user's ``num_beams`` beams are sequences of one adapter, so a step of
+    ``max_num_seqs`` sequences holds at most ``max_num_seqs / num_beams`` users — and within
+    ``slots_budget_gb``; cache: every adapter within ``cache_budget_gb``.
     """
     n = max(1, len(router.adapters))
     rank = next((r for r in VLLM_RANKS if r >= router.max_rank), None)
     if rank is None:
         raise UserError(f"adapter rank {router.max_rank} exceeds vLLM's largest, {VLLM_RANKS[-1]}")
     slot_mb = max(adapter_mb, 1e-3) * rank / max(1, router.max_rank)
-    max_loras = max(1, min(n, cfg.max_num_seqs, int(gpu_budget_gb * 1024 / slot_mb)))
-    max_cpu = max(max_loras, cfg.max_cpu_loras, min(n, int(cpu_budget_gb * 1024 / slot_mb)))
+    per_step = max(1, cfg.max_num_seqs // max(1, num_beams))
+    max_loras = max(1, min(n, per_step, int(slots_budget_gb * 1024 / slot_mb)))
+    max_cpu = max(max_loras, cfg.max_cpu_loras, min(n, int(cache_budget_gb * 1024 / slot_mb)))
     return replace(
         cfg,
         enable_lora=True,
@@ -485,7 +488,9 @@ def load_routed(
     if backend == "vllm":
         from llmrec.recommend.vllm import VLLMRecommender, build_llm
 
-        sized = lora_engine_config(router, engine or EngineConfig(), adapter_megabytes(router))
+        sized = lora_engine_config(
+            router, engine or EngineConfig(), adapter_megabytes(router), num_beams
+        )
         llm = build_llm(base_dir, sized)
         rec = VLLMRecommender(llm, decoding.prompts, decoding.trie, num_beams=num_beams)
         return RoutingRecommender(router, VLLMBank(router, rec), max_width=rec.max_width)

@@ -41,6 +41,7 @@ Writes ``benchmarks/results/per_user_ml100k.json`` (the serving part adds its ro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -299,6 +300,18 @@ async def _load(
     }
 
 
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL to what is left after 60 s."""
+    import signal
+
+    os.killpg(server.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.wait(60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(60)
+
+
 def serving(args: argparse.Namespace) -> dict[str, Any]:
     """Every row's server, started, warmed up, loaded and stopped in turn."""
     import asyncio
@@ -343,7 +356,10 @@ def serving(args: argparse.Namespace) -> dict[str, Any]:
             str(args.concurrency),
         ]
         log = (work / f"serve_{label}.log").open("w")
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        # Its own process group: stopping it stops vLLM's engine processes too.
+        server = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+        )
         t0 = time.perf_counter()
         try:
             while True:
@@ -367,8 +383,7 @@ def serving(args: argparse.Namespace) -> dict[str, Any]:
             own = _tree_cpu(server.pid) + _tree_cpu(os.getpid(), False) - own0
             foreign = (_busy() - busy0 - own) / ((time.perf_counter() - w0) * (os.cpu_count() or 1))
         finally:
-            server.terminate()
-            server.wait(120)
+            _stop(server)
             log.close()
         round_ = 1 + sum(r["row"] == label for r in rows)
         rows.append(

@@ -64,7 +64,7 @@ def test_the_router_file_round_trips(tmp_path) -> None:  # type: ignore[no-untyp
 
 def test_vllm_lora_settings_are_sized_from_the_adapters(tmp_path) -> None:  # type: ignore[no-untyped-def]
     router = _router(tmp_path)
-    cfg = lora_engine_config(router, EngineConfig(max_num_seqs=256), adapter_mb=1.0)
+    cfg = lora_engine_config(router, EngineConfig(max_num_seqs=256), adapter_mb=1.0, num_beams=10)
     # 2 adapters: 2 slots, both cached; rank 16 is a rank vLLM accepts.
     assert (cfg.enable_lora, cfg.max_loras, cfg.max_cpu_loras, cfg.max_lora_rank) == (
         True,
@@ -82,9 +82,14 @@ def test_vllm_lora_settings_are_sized_from_the_adapters(tmp_path) -> None:  # ty
         {f"a{i}": AdapterSpec({0: 0.5, 1: 0.3, 2: 0.2}) for i in range(1000)},
         {},
     )
-    cfg = lora_engine_config(many, EngineConfig(max_num_seqs=64), adapter_mb=2.0, gpu_budget_gb=0.1)
+    cfg = lora_engine_config(
+        many, EngineConfig(max_num_seqs=64), adapter_mb=2.0, num_beams=1, slots_budget_gb=0.1
+    )
     # Rank 24 → 32; slots: ≤ sequences per step (64) and ≤ 0.1 GiB / (2 MB × 32/24) = 38.
     assert cfg.max_lora_rank == 32 and cfg.max_loras == 38 and cfg.max_cpu_loras == 1000
+    # Beams of 10: a step of 64 sequences holds 6 users, so 6 adapters at most.
+    cfg = lora_engine_config(many, EngineConfig(max_num_seqs=64), adapter_mb=2.0, num_beams=10)
+    assert cfg.max_loras == 6 and cfg.max_cpu_loras == 1000
 
 
 def test_safe_names() -> None:
