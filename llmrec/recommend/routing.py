@@ -373,9 +373,10 @@ class PeftBank:
             loaded.move_to_end(name)
         else:
             while len(loaded) >= self.max_loaded:
+                # The evicted adapter's recommender (and its score memo) stays: reloading
+                # brings back the same weights.
                 old, _ = loaded.popitem(last=False)
                 model.delete_adapter(old)
-                self._recs.pop(old, None)
             model.load_adapter(str(self.router.adapter_dir(name)), adapter_name=name)
             loaded[name] = None
         model.set_adapter(name)

