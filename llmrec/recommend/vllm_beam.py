@@ -275,6 +275,9 @@ def beam_search(
     request re-reading the prompt's last, partial cache block. Rollouts whose path leaves the
     beam are aborted. All users' requests share the engine's steps; results are those of
     ``beam_search_levels`` (and of HF's beam search).
+
+    ``lora_request`` is one adapter for all searches, or a list with one per search (None: no
+    adapter), mixed in the engine's batches.
     """
     from vllm.inputs import tokens_input
 
@@ -282,6 +285,8 @@ def beam_search(
         return []
     engine = llm.llm_engine
     check_engine(engine.model_config, max(s.width for s in searches), trie)
+    per_search = isinstance(lora_request, list | tuple)
+    loras = dict(zip(map(id, searches), lora_request, strict=True)) if per_search else {}
     end = trie.end_token_id
     rollouts: dict[str, _Rollout] = {}
     by_search: dict[int, list[_Rollout]] = {id(s): [] for s in searches}
@@ -303,7 +308,8 @@ def beam_search(
                         rollouts[name] = rollout
                         by_search[id(s)].append(rollout)
                         prompt = tokens_input(s.prompt + list(prefix))
-                        engine.add_request(name, prompt, params, lora_request=lora_request)
+                        lora = loras[id(s)] if per_search else lora_request
+                        engine.add_request(name, prompt, params, lora_request=lora)
             if drop:
                 engine.abort_request(drop)
             if all(s.done for s in searches):

@@ -164,8 +164,14 @@ def build_app(cfg: ServeConfig, run: str | Path | None, model_dir: str | Path | 
         raise UserError("adapters are served by the vllm backend only", field="adapters")
     for path in cfg.adapters.values():
         check_adapter(path)
+    routed = stage is not None and bool(layout.read_model_info(stage).get("router"))
+    if routed and cfg.adapters:
+        raise UserError(f"stage {stage} serves its own adapters: drop `adapters`", field="adapters")
 
     def make_backend() -> RecommenderBackend:
+        if routed:
+            assert stage is not None
+            return routed_backend(cfg, layout, stage)
         models: dict[str, Recommender] = {}
         if cfg.backend == "vllm":
             from llmrec.recommend.loading import servable_dir
@@ -199,6 +205,28 @@ def build_app(cfg: ServeConfig, run: str | Path | None, model_dir: str | Path | 
 
     limits = Limits(cfg.max_k, cfg.max_request_history, max_body_bytes=cfg.max_body_bytes)
     return create_app(make_backend, catalog, limits)
+
+
+def routed_backend(cfg: ServeConfig, layout: RunLayout, stage: str) -> Any:
+    """A per-user stage: the router as the default model (a request's ``user_id`` picks the
+    adapter; unknown users get the shared model) and every adapter by name (an explicit
+    ``adapter`` wins)."""
+    from llmrec.recommend.loading import load
+    from llmrec.recommend.routing import RoutingRecommender
+    from llmrec.serve.backends import DEFAULT, RecommenderBackend
+
+    rec = load(
+        layout.root,
+        stage,
+        backend=cfg.backend,
+        mode="beam",
+        num_beams=cfg.num_beams,
+        engine=cfg.engine,
+    )
+    assert isinstance(rec, RoutingRecommender)
+    models: dict[str, Recommender] = {DEFAULT: rec}
+    models.update({name: rec.pinned(name) for name in rec.router.names})
+    return RecommenderBackend(models, cfg.backend, rec.max_width, cfg.max_batch, cfg.max_wait_ms)
 
 
 def _has_cuda() -> bool:

@@ -76,6 +76,13 @@ TRAINERS: dict[str, tuple[str, str, str]] = {
         "DPO from the SFT model into <run>/dpo with TRL's DPOTrainer: hard negatives from "
         "constrained beam search, TRL losses or S-DPO, iterative rounds.",
     ),
+    "per-user": (
+        "llmrec.train.per_user:PerUserStageConfig",
+        "llmrec.train.per_user:train_per_user",
+        "LoRA adapters per cluster of users (and per heavy user), or a gated mixture of "
+        "expert LoRAs, on the merged SFT model, into <run>/per_user with a router "
+        "(user → adapter) that eval and serve use.",
+    ),
 }
 
 
