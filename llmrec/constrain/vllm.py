@@ -6,6 +6,10 @@ vLLM's HTTP API), so constrained and free-text requests share one engine. The tr
 ``ItemTrie`` the HF processor uses, saved once with ``save_trie`` and loaded by path inside the
 engine process (which may be another process than the caller's).
 
+The engine opens only tries inside the directories its owner allows (``LLMREC_TRIE_DIRS``,
+``os.pathsep``-separated; default: ``trie_dir()``, where ``trie_file`` saves them), so a client of
+vLLM's HTTP server cannot make it open other files; at most ``_TRIE_CACHE`` tries stay loaded.
+
 A request's trie state is never kept: its generated tokens are the last ``prefix_len`` prompt
 tokens (a beam-search step continues a prefix fed as prompt) plus its own output tokens, and
 ``ItemTrie.constrain`` walks them for every constrained row of the batch at once (one call per
@@ -19,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +48,35 @@ ARG_TRIE = "llmrec_trie"  # path of a trie saved by save_trie: turns the constra
 ARG_PREFIX = "llmrec_prefix_len"  # how many trailing prompt tokens are already item tokens
 ARG_EXCLUDE = "llmrec_exclude"  # item indices (trie order) the request may not produce
 _BAN_CACHE = 256  # ban rows kept per trie (beam steps repeat one user's exclusions)
+_TRIE_CACHE = 16  # tries kept loaded per process (a server swaps catalogs, it must not grow)
+TRIE_DIRS_ENV = "LLMREC_TRIE_DIRS"
+
+
+def trie_dir() -> Path:
+    """The default folder of saved tries (the one folder allowed when ``LLMREC_TRIE_DIRS`` is unset)."""
+    return Path(tempfile.gettempdir()) / "llmrec-tries"
+
+
+def allowed_trie_dirs() -> tuple[Path, ...]:
+    """Folders the engine may load tries from: ``LLMREC_TRIE_DIRS``, else ``trie_dir()``."""
+    raw = os.environ.get(TRIE_DIRS_ENV, "")
+    dirs = [Path(d) for d in raw.split(os.pathsep) if d] or [trie_dir()]
+    return tuple(d.resolve() for d in dirs)
+
+
+def check_trie_path(path: str) -> Path:
+    """``path`` resolved, if it is a file inside an allowed folder; else a ValueError (no probing)."""
+    resolved = Path(path).resolve()
+    allowed = allowed_trie_dirs()
+    if not any(resolved.is_relative_to(d) for d in allowed):
+        names = os.pathsep.join(str(d) for d in allowed)
+        raise ValueError(
+            f"{ARG_TRIE}: {path!r} is outside the trie folders this server allows ({names}); "
+            f"its owner sets them with {TRIE_DIRS_ENV}"
+        )
+    if not resolved.is_file():
+        raise ValueError(f"{ARG_TRIE} must name a trie file saved by save_trie, got {path!r}")
+    return resolved
 
 
 def save_trie(trie: ItemTrie, path: str | Path) -> Path:
@@ -56,10 +91,10 @@ def save_trie(trie: ItemTrie, path: str | Path) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=_TRIE_CACHE)
 def load_trie(path: str) -> ItemTrie:
-    """A trie saved by ``save_trie`` (cached: every request of a catalog shares one)."""
-    fields = torch.load(path, weights_only=True)
+    """A trie saved by ``save_trie`` inside an allowed folder (cached: requests share one)."""
+    fields = torch.load(check_trie_path(path), weights_only=True)
     return ItemTrie(**fields)
 
 
@@ -105,8 +140,9 @@ def _parse(
     exclude = extra.get(ARG_EXCLUDE) or ()
     if not check:
         return path, prefix, tuple(exclude)
-    if not isinstance(path, str) or not Path(path).is_file():
+    if not isinstance(path, str):
         raise ValueError(f"{ARG_TRIE} must name a trie file saved by save_trie, got {path!r}")
+    check_trie_path(path)
     if not isinstance(prefix, int) or isinstance(prefix, bool) or prefix < 0:
         raise ValueError(f"{ARG_PREFIX} must be a non-negative integer, got {prefix!r}")
     if not isinstance(exclude, list | tuple) or not all(
@@ -136,7 +172,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         """Empty state; tries load lazily, the first time a request names one."""
         self.device = device
         self.rows: dict[int, _Row] = {}
-        self._tries: dict[str, ItemTrie] = {}
+        self._tries: OrderedDict[str, ItemTrie] = OrderedDict()
         self._bans: dict[str, OrderedDict[tuple[int, ...], torch.Tensor]] = {}
 
     def is_argmax_invariant(self) -> bool:
@@ -146,6 +182,10 @@ class TrieLogitsProcessor(LogitsProcessor):
     def _trie(self, path: str) -> ItemTrie:
         if path not in self._tries:
             self._tries[path] = load_trie(path).to(self.device)
+            while len(self._tries) > _TRIE_CACHE:
+                old, _ = self._tries.popitem(last=False)
+                self._bans.pop(old, None)
+        self._tries.move_to_end(path)
         return self._tries[path]
 
     def _ban_row(self, path: str, exclude: tuple[int, ...]) -> torch.Tensor:

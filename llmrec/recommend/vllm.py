@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from llmrec.constrain.trie import ItemTrie
-from llmrec.constrain.vllm import save_trie
+from llmrec.constrain.vllm import save_trie, trie_dir
 from llmrec.recommend.base import DEFAULT_BEAMS, Users, beam_width, pad_rows
 from llmrec.recommend.prompting import PromptBuilder, RunDecoding
 from llmrec.recommend.vllm_beam import Search, beam_search
@@ -131,7 +130,7 @@ def trie_file(trie: ItemTrie, folder: str | Path | None = None) -> Path:
     for tensor in (trie.edge_key, trie.edge_child, trie.node_item):
         digest.update(tensor.cpu().numpy().tobytes())
     digest.update(f"{trie.end_token_id}:{len(trie.item_ids)}".encode())
-    folder = Path(folder or Path(tempfile.gettempdir()) / "llmrec-tries")
+    folder = Path(folder or trie_dir())  # the folder the engine allows by default
     path = folder / f"trie-{digest.hexdigest()[:16]}.pt"
     return path if path.is_file() else save_trie(trie, path)
 

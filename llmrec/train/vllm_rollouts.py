@@ -3,10 +3,11 @@
 The server runs the same trie constraint as every other decoding path: start it with the
 processor and let each request opt in through ``vllm_xargs``::
 
-    trl vllm-serve --model runs/ml100k/sft/model \\
+    LLMREC_TRIE_DIRS=runs/ml100k trl vllm-serve --model runs/ml100k/sft/model \\
         -- --logits-processors llmrec.constrain.vllm:TrieLogitsProcessor
 
-(``trl vllm-serve`` hands every argument after ``--`` to ``vllm serve`` as it is). The rollout
+(``trl vllm-serve`` hands every argument after ``--`` to ``vllm serve`` as it is; the processor
+opens tries only inside ``LLMREC_TRIE_DIRS``). The rollout
 function saves the run's trie once to a file both sides can read (same machine or shared disk)
 and sends ``vllm_xargs={"llmrec_trie": path, ...}`` with each request; TRL syncs the policy's
 weights into the server before every rollout.

