@@ -162,8 +162,8 @@ def load_catalog(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     if args.worker == "quickstart":
         from llmrec.data.prepare import PreparedData
+        from llmrec.recommend.loading import servable_dir
         from llmrec.recommend.prompting import PromptBuilder
-        from llmrec.recommend.vllm import default_model_dir
 
         run = Path(args.run)
         prompts: Any = PromptBuilder.from_run(run)
@@ -172,7 +172,7 @@ def load_catalog(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         picked = rng.choice(len(cases), size=min(args.users, len(cases)), replace=False)
         histories = [[str(i) for i in cases["history"].iloc[int(r)]] for r in sorted(picked)]
         return {
-            "model_dir": default_model_dir(run),
+            "model_dir": servable_dir(run, "sft"),
             "tokenizer": prompts.tokenizer,
             "sid_map": sid_map,
             "prompts": prompts,
@@ -483,7 +483,7 @@ def catalog_worker(args: argparse.Namespace) -> None:
     cat = load_catalog(args, workdir)
     t0 = time.perf_counter()
     trie = ItemTrie.from_sid_map(cat["sid_map"], cat["tokenizer"], cat["end_token_id"])
-    trie_path = str(trie_file(trie, workdir / "tries"))
+    trie_path = str(trie_file(trie))  # the folder the engine allows by default
     trie_seconds = round(time.perf_counter() - t0, 3)
     prompts = [cat["prompts"].encode(h) for h in cat["histories"]]
     print(
