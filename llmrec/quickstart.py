@@ -50,11 +50,17 @@ def load_plan(path: Path | None = None, overrides: Sequence[str] = ()) -> dict[s
 
     path = path or recipes_dir() / "quickstart.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    threads = raw.pop("threads", None)
     unknown = set(raw) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}; use {list(SECTIONS)}")
+        raise ConfigError(
+            f"{path}: unknown sections {sorted(unknown)}; use threads and {list(SECTIONS)}"
+        )
     per_stage: dict[str, list[str]] = {s: [] for s in SECTIONS}
     for item in overrides:
+        if item.startswith("threads="):
+            threads = yaml.safe_load(item.partition("=")[2])
+            continue
         stage, _, rest = item.partition(".")
         if stage not in per_stage or not rest:
             raise ConfigError(
@@ -75,6 +81,11 @@ def load_plan(path: Path | None = None, overrides: Sequence[str] = ()) -> dict[s
     from llmrec.train.sft import check_config
 
     check_config(plan["sft"])  # before minutes of earlier stages, not after
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(
+            f"threads must be a positive integer or null, got {threads!r}", field="threads"
+        )
+    plan["threads"] = threads
     return plan
 
 
@@ -86,6 +97,22 @@ def run_quickstart(
     say: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run every stage into ``run`` and report as it goes; returns the evaluation rows."""
+    import torch
+
+    run = Path(run)
+    plan = load_plan(recipe, overrides)
+    threads = torch.get_num_threads()
+    if plan["threads"]:
+        torch.set_num_threads(plan["threads"])
+    try:
+        return _run_stages(run, plan, force, say)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_stages(
+    run: Path, plan: dict[str, Any], force: bool, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
     from llmrec.data.prepare import prepare_data, summary
     from llmrec.eval.report import results_table
     from llmrec.eval.stage import run_eval
@@ -98,8 +125,6 @@ def run_quickstart(
     from llmrec.train.sft import train_sft
     from llmrec.train.stage import format_summary as sft_summary
 
-    run = Path(run)
-    plan = load_plan(recipe, overrides)
     start = time.perf_counter()
 
     def stage(n: int, text: str) -> None:

@@ -33,6 +33,10 @@ def test_plan_reads_each_stage_from_the_recipe() -> None:
         load_plan(overrides=["max_steps=3"])
     with pytest.raises(ConfigError, match="training"):
         load_plan(overrides=["sft.training.no_such_key=3"])
+    assert plan["threads"] == 1 and load_plan(overrides=["threads=2"])["threads"] == 2
+    assert load_plan(overrides=["threads=null"])["threads"] is None
+    with pytest.raises(ConfigError, match="threads"):
+        load_plan(overrides=["threads=0"])
 
 
 @pytest.fixture(scope="module")

@@ -165,6 +165,9 @@ def trl_kwargs(plan: StagePlan, output_dir: Path, run_name: str, world_size: int
         "use_cpu": not torch.cuda.is_available(),
         # Every trainable parameter (adapters, SID rows, or all weights) is used in every step.
         "ddp_find_unused_parameters": False,
+        # The command line quiets transformers' logging to errors, from which TrainingArguments
+        # would infer no progress bar (and print every log line twice through PrinterCallback).
+        "disable_tqdm": False,
         **section.trl,
         "output_dir": str(output_dir),
         "bf16": bf16,
