@@ -124,3 +124,32 @@ def test_sft_trainer_takes_the_dataset_as_it_is(run: Path, tmp_path: Path) -> No
     result = trainer.train()
     assert np.isfinite(result.training_loss)
     assert not torch.equal(before, model.get_input_embeddings().weight.detach())
+
+
+@pytest.mark.parametrize("fmt", ["auto", "prompt_completion"], ids=["chat", "plain"])
+def test_inference_prompt_is_the_trained_prompt(run: Path, tmp_path: Path, fmt: str) -> None:
+    """The prompt a recommender builds for a user's history is, token for token, the prompt of
+    that user's validation example as TRL's SFTTrainer tokenises it for training."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from llmrec.recommend.prompting import PromptBuilder
+    from llmrec.tokens import build_tiny_model
+
+    assert (
+        main(["instruct", "build", "--run", str(run), f"format={fmt}", "tiny_vocab_size=600"]) == 0
+    )
+    rows = load_from_disk(str(run / "instruct"))["validation"].select(range(5))
+    assert isinstance(rows[0]["prompt"], list) == (fmt == "auto")
+    tokenizer = AutoTokenizer.from_pretrained(run / "instruct" / "tokenizer")
+    model = build_tiny_model(tokenizer, hidden_size=32, num_heads=1, num_layers=1)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "sft"), report_to="none", use_cpu=True, max_length=None
+    )
+    trained = SFTTrainer(model, args, train_dataset=rows, processing_class=tokenizer).train_dataset
+    builder = PromptBuilder.from_run(run, tokenizer)
+    for row, example in zip(rows, trained, strict=True):
+        # TRL masks the prompt out of the labels: what is masked is the prompt it trained on
+        n_prompt = next(i for i, label in enumerate(example["labels"]) if label != -100)
+        assert builder.encode(row["history"]) == example["input_ids"][:n_prompt], row["user_id"]

@@ -280,3 +280,22 @@ def test_packing_trains_on_cpu(run: Path, make_cfg: Callable[..., SFTStageConfig
     folder = train_sft(make_cfg("packing=true", "train_samples=48"), run)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and metrics["last_loss"] < metrics["first_loss"]
+
+
+def test_a_stale_export_is_an_error_naming_the_command(
+    run: Path, make_cfg: Callable[..., SFTStageConfig]
+) -> None:
+    """Serving and vLLM evaluation read ``<run>/export/sft``: once SFT is retrained, an export of
+    the earlier model is refused with the command that refreshes it, never served silently."""
+    from llmrec.recommend.loading import servable_dir
+
+    train_sft(make_cfg("finetune=lora", "lora.r=4", "train_samples=32"), run, force=True)
+    with pytest.raises(UserError, match=r"llmrec export --run .* --stage sft"):
+        servable_dir(run, "sft")  # not exported yet
+    export_model(run, "sft")
+    assert servable_dir(run, "sft") == run / "export" / "sft"
+    train_sft(make_cfg("finetune=lora", "lora.r=8", "train_samples=32"), run)  # a new SFT model
+    with pytest.raises(UserError, match=r"exported from an earlier sft model.*again"):
+        servable_dir(run, "sft")
+    export_model(run, "sft", force=True)
+    assert servable_dir(run, "sft") == run / "export" / "sft"
