@@ -35,7 +35,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 export VLLM_CPU_OMP_THREADS_BIND="${VLLM_CPU_OMP_THREADS_BIND:-0}"
 set +e
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -m vllm tests/recommend tests/serve tests/zeroshot "$@"
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -m vllm tests/recommend tests/serve tests/zeroshot tests/train "$@"
 status=$?
 set -e
 exit $status

@@ -113,17 +113,6 @@ def build_llm(model_dir: str | Path, cfg: EngineConfig | None = None) -> Any:
     return LLM(**engine_kwargs(model_dir, cfg))
 
 
-def build_async_engine(model_dir: str | Path, cfg: EngineConfig | None = None) -> Any:
-    """An ``AsyncLLM`` (concurrent requests share engine batches) with the trie processor."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    cfg = cfg or EngineConfig()
-    _cpu_env(cfg)
-    logger.info("starting async vLLM on %s: %s", model_dir, asdict(cfg))
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir, cfg)))
-
-
 def trie_file(trie: ItemTrie, folder: str | Path | None = None) -> Path:
     """Save ``trie`` where the engine process can load it, named by its content."""
     digest = hashlib.sha256()

@@ -6,15 +6,15 @@ the user's prompt followed by the beam's item tokens so far (prefix caching make
 nearly free, up to its last, partial cache block). The trie processor masks the distribution and
 writes raw log-probabilities (see ``llmrec.constrain.vllm``), so with
 ``logprobs_mode="processed_logits"`` the returned top tokens are the best *allowed*
-continuations with HF's scores. The bookkeeping (``expand``, ``advance``) is pure and shared by
-the synchronous driver (``LLM``: evaluation, tests) and the asynchronous one (``AsyncLLM``: the
-HTTP server).
+continuations with HF's scores. The bookkeeping (``expand``, ``advance``) is pure; the driver is a
+synchronous ``LLM`` (evaluation, GRPO, and the HTTP server, which micro-batches requests into
+one search).
 
-``beam_search`` / ``beam_search_async`` send *rollouts*: a request decodes greedily from its
+``beam_search`` sends *rollouts*: a request decodes greedily from its
 beam to the item's end and returns the top candidates at every step, so the beam's argmax child
 (and that child's) get theirs from a one-token decoding step on the request's KV cache. Only
 beams that are not their parent's argmax child need a request of their own; rollouts whose path
-leaves the beam are aborted. ``beam_search_levels`` / ``beam_search_async_levels`` use vLLM's
+leaves the beam are aborted. ``beam_search_levels`` uses vLLM's
 own pattern instead: a new one-token request for every live beam at every level.
 
 Requests are kept as cheap as vLLM's own beam search makes them (measured in
@@ -33,7 +33,6 @@ when its end token is chosen, with the end token's log-probability included in i
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import math
@@ -332,135 +331,6 @@ def beam_search(
             engine.abort_request(list(rollouts))
         raise
     return [ranked(s, trie) for s in searches]
-
-
-async def beam_search_async(
-    engine: Any, search: Search, trie: ItemTrie, trie_path: str, lora_request: Any = None
-) -> list[tuple[int, float]]:
-    """One user's search on a ``vllm.v1.engine.async_llm.AsyncLLM`` (rollouts, as
-    ``beam_search``); concurrent calls share the engine's batches."""
-    from vllm.inputs import tokens_input
-
-    check_engine(engine.model_config, search.width, trie)
-    events: asyncio.Queue[tuple[_Rollout, Any]] = asyncio.Queue()
-    tasks: dict[str, asyncio.Task[None]] = {}
-    live: list[_Rollout] = []
-
-    async def pump(rollout: _Rollout, prompt: list[int], params: Any) -> None:
-        try:
-            async for out in engine.generate(
-                tokens_input(prompt), params, rollout.name, lora_request=lora_request
-            ):
-                events.put_nowait((rollout, out))
-        except asyncio.CancelledError:  # aborted: AsyncLLM aborts the request itself
-            raise
-        except Exception as e:
-            events.put_nowait((rollout, e))
-        events.put_nowait((rollout, None))  # no more outputs
-
-    try:
-        while True:
-            need, stale = advance(search, trie.end_token_id, live)
-            for r in stale:
-                live.remove(r)
-                task = tasks.pop(r.name, None)
-                if task is not None:
-                    task.cancel()
-            if need:
-                params = rollout_params(search, len(need[0]), trie, trie_path)
-                for prefix in need:
-                    rollout = _Rollout(search, f"beam-{next(_request_ids)}", prefix)
-                    live.append(rollout)
-                    tasks[rollout.name] = asyncio.create_task(
-                        pump(rollout, search.prompt + list(prefix), params)
-                    )
-            if search.done:
-                break
-            if not tasks:
-                raise RuntimeError("constrained beam search stalled: no request left to wait for")
-            rollout, item = await events.get()
-            if rollout.name not in tasks:
-                continue  # aborted already
-            if isinstance(item, Exception):
-                raise item
-            if item is None:
-                tasks.pop(rollout.name)
-                live.remove(rollout)
-                continue
-            rollout.record(item)
-    finally:
-        for task in tasks.values():
-            task.cancel()
-    return ranked(search, trie)
-
-
-async def beam_search_async_levels(
-    engine: Any, search: Search, trie: ItemTrie, trie_path: str, lora_request: Any = None
-) -> list[tuple[int, float]]:
-    """``beam_search_async`` with a new one-token request per beam and level (as
-    ``beam_search_levels``)."""
-    from vllm.inputs import tokens_input
-
-    check_engine(engine.model_config, search.width, trie)
-
-    async def one(prompt: list[int], params: Any) -> list[tuple[int, float]]:
-        final = None
-        async for out in engine.generate(
-            tokens_input(prompt), params, f"beam-{next(_request_ids)}", lora_request=lora_request
-        ):
-            final = out
-        return _candidates(final) if final is not None else []
-
-    for _ in range(trie.depth + 1):
-        if search.done:
-            break
-        requests = _beam_requests([search], trie, trie_path)
-        cands = await asyncio.gather(*(one(p, sp) for _, p, sp in requests))
-        expand(search, cands, trie.end_token_id)
-    return ranked(search, trie)
-
-
-async def greedy_async(
-    engine: Any,
-    prompt: list[int],
-    trie: ItemTrie,
-    trie_path: str,
-    exclude: list[int],
-    lora_request: Any = None,
-) -> list[tuple[int, float]]:
-    """Width-1 search as one request decoding the whole item (no prompt re-fed per level).
-
-    Same result as a beam of one: the argmax allowed token at every level, scored by the
-    sum of their raw log-probabilities (the processed logits the engine returns).
-    """
-    from vllm import SamplingParams
-    from vllm.inputs import tokens_input
-    from vllm.sampling_params import RequestOutputKind
-
-    params = SamplingParams(
-        max_tokens=trie.depth,
-        temperature=0.0,
-        logprobs=0,
-        detokenize=False,
-        skip_clone=True,
-        output_kind=RequestOutputKind.FINAL_ONLY,
-        stop_token_ids=[trie.end_token_id],
-        extra_args=constraint_args(trie_path, 0, exclude),
-    )
-    final = None
-    async for out in engine.generate(
-        tokens_input(prompt), params, f"greedy-{next(_request_ids)}", lora_request=lora_request
-    ):
-        final = out
-    if final is None:
-        return []
-    completion = final.outputs[0]
-    tokens = tuple(completion.token_ids)
-    score = sum(
-        step[tok].logprob for step, tok in zip(completion.logprobs or [], tokens, strict=False)
-    )
-    index = item_index(trie)
-    return [(index[tokens], float(score))] if tokens in index else []
 
 
 def check_engine(model_config: Any, width: int, trie: ItemTrie | None = None) -> None:

@@ -5,7 +5,7 @@ There is no serving protocol of its own: ``RecommenderBackend`` holds ordinary r
 time while handing the models batches. Requests that arrive within ``max_wait_ms`` of each
 other (up to ``max_batch``) and ask for the same model and beam width go through one
 ``Recommender.recommend`` call in a worker thread — HF: one constrained ``generate``; vLLM:
-every beam of every request in one engine call per SID level. A batch that fails answers its
+every beam of every request in one rollout search on the engine. A batch that fails answers its
 requests with the error only after each was tried alone (one bad request never fails the
 others; the app turns an error into a 503), and the batcher keeps serving.
 """

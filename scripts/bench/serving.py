@@ -8,14 +8,15 @@ depend on what the weights learned, so no training is needed.
 
 Each backend runs as its own ``llmrec.serve`` server (``create_app``: the same app, validation
 and response) in a subprocess on the loopback interface, one after the other so they never share
-the cores: vLLM is the ``AsyncLLM`` backend (constrained beam search, prefix caching,
-``block_size=32``), HF the micro-batched ``HFRecommender`` (requests arriving within 5 ms, up to
-16, go through one ``generate``). A local asyncio client keeps ``--concurrency`` requests in
+the cores, each a ``RecommenderBackend`` as ``llmrec serve`` builds it (requests arriving
+within 5 ms, up to 16, go through one ``recommend`` call): vLLM, a ``VLLMRecommender`` on an
+``LLM`` engine (constrained beam search, prefix caching, ``block_size=32``), or HF, an
+``HFRecommender`` (one constrained ``generate``). A local asyncio client keeps ``--concurrency`` requests in
 flight until ``--requests`` are answered or ``--max-seconds`` pass, after warm-up requests. Every
 answer is checked: HTTP 200, ``k`` distinct catalog items, none from the history.
 
 Rows: ``beam`` (k = 10, beam width 10: the API's top-K) and ``greedy`` (k = 1, width 1).
-``--vllm-search levels`` serves the vLLM backend's beams with ``beam_search_async_levels`` (a new
+``--vllm-search levels`` serves the vLLM backend's beams with ``beam_search_levels`` (a new
 one-token request per beam and level) instead of the default rollouts.
 ``summary.throughput_ratio_vllm_vs_hf`` is the beam row's. CPU use by other processes during each
 row is recorded (``foreign_cpu_share``: 0 = the benchmark alone, 1 = every core busy elsewhere).
@@ -107,9 +108,9 @@ def worker(args: argparse.Namespace) -> None:
     from llmrec.constrain.trie import ItemTrie
     from llmrec.indexing.sid_map import SemanticIdMap
     from llmrec.recommend.hf import HFRecommender
-    from llmrec.recommend.vllm import EngineConfig, build_async_engine, trie_file
+    from llmrec.recommend.vllm import EngineConfig, VLLMRecommender, build_llm
     from llmrec.serve.app import Limits, create_app
-    from llmrec.serve.backends import Backend, HFBackend, ServingCatalog, VLLMBackend
+    from llmrec.serve.backends import DEFAULT, RecommenderBackend, ServingCatalog
 
     folder = Path(args.workdir)
     tokenizer = AutoTokenizer.from_pretrained(folder / "model")
@@ -121,25 +122,27 @@ def worker(args: argparse.Namespace) -> None:
     if args.vllm_search == "levels":
         # The level-by-level search (a new one-token request per beam and level), for
         # comparison with the default rollouts.
-        from llmrec.recommend import vllm_beam
-        from llmrec.serve import backends
+        from llmrec.recommend import vllm as vllm_module
+        from llmrec.recommend.vllm_beam import beam_search_levels
 
-        backends.beam_search_async = vllm_beam.beam_search_async_levels  # type: ignore[assignment]
+        vllm_module.beam_search = beam_search_levels  # type: ignore[assignment]
 
-    def make_backend() -> Backend:
+    def make_backend() -> RecommenderBackend:
+        # What `llmrec serve` builds (serve/server.py), around the benchmark's own model.
         if args.worker == "vllm":
-            engine = build_async_engine(
+            llm = build_llm(
                 folder / "model",
                 EngineConfig(dtype="float32", enforce_eager=not args.compile, max_num_seqs=512),
             )
-            return VLLMBackend(engine, prompts, trie, str(trie_file(trie)), args.beams)
+            rec = VLLMRecommender(llm, prompts, trie, num_beams=args.beams)  # type: ignore[arg-type]
+            return RecommenderBackend({DEFAULT: rec}, "vllm", rec.max_width, 16, 5.0)
         torch.set_num_threads(args.threads)
         model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
         model = model.to(args.device).eval()
-        rec = HFRecommender(model, prompts, trie, num_beams=args.beams)  # type: ignore[arg-type]
-        return HFBackend(rec, args.beams, max_batch=16, max_wait_ms=5.0)
+        hf = HFRecommender(model, prompts, trie, num_beams=args.beams)  # type: ignore[arg-type]
+        return RecommenderBackend({DEFAULT: hf}, "hf", None, 16, 5.0)
 
-    app = create_app(make_backend, catalog, Limits(max_k=100, max_history=100))
+    app = create_app(make_backend, catalog, Limits(max_k=100, max_request_history=100))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

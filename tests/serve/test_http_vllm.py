@@ -45,7 +45,10 @@ def served(llm: Any, tiny_dir: tuple[Path, Any], adapters: dict[str, Path]) -> I
     def make_backend() -> RecommenderBackend:
         return RecommenderBackend(models, "vllm", base.max_width, max_wait_ms=20)
 
-    app = create_app(make_backend, catalog, Limits(max_request_history=8))
+    # The server's own limits above the engine's, so that the engine's max_logprobs binds.
+    app = create_app(
+        make_backend, catalog, Limits(max_k=1000, max_request_history=8, max_beams=1000)
+    )
     with TestClient(app) as client:
         yield client, items, prompts, trie
 
@@ -67,7 +70,7 @@ def test_answers_equal_hf_beam_search(served: Any, tiny_dir: tuple[Path, Any]) -
         want = hf.score_beam([history], 10, [set(history)])[0][:5]
         assert [r["item_id"] for r in got] == [i for i, _ in want]
         np.testing.assert_allclose([r["score"] for r in got], [s for _, s in want], atol=2e-3)
-    assert client.get("/health").json()["max_k"] == 64  # the engine's max_logprobs
+    assert client.get("/health").json()["max_k"] == 128  # the engine's max_logprobs
 
 
 def test_adapters_change_the_answer(served: Any) -> None:
@@ -110,8 +113,9 @@ def test_greedy_is_a_beam_of_one(served: Any, tiny_dir: tuple[Path, Any]) -> Non
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"history": [], "k": 65}, "k must be between 1 and 64 (the server's limit)"),
-        ({"history": [], "num_beams": 65}, "num_beams must be between 1 and 64"),
+        # k is bounded by the engine (128) and by the catalog (100 items here): the smaller
+        ({"history": [], "k": 101}, "k must be between 1 and 100 (the server's limit)"),
+        ({"history": [], "num_beams": 129}, "num_beams must be between 1 and 128"),
     ],
 )
 def test_over_the_engine_limit_is_a_422(served: Any, body: dict[str, Any], needle: str) -> None:
