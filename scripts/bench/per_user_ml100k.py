@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -259,55 +260,6 @@ def _row_run(src: Path, dest: Path, users: list[str], n_adapters: int) -> Path:
     return dest
 
 
-async def _load(
-    port: int, bodies: list[dict], concurrency: int, catalog: set[str], seen: dict[str, set[str]]
-) -> dict:
-    """``bodies`` with ``concurrency`` in flight: throughput, latency, errors, invalid answers."""
-    import asyncio
-
-    import httpx
-
-    latencies: list[float] = []
-    errors = invalid = 0
-    queue = list(reversed(bodies))
-
-    async def loop(client: httpx.AsyncClient) -> None:
-        nonlocal errors, invalid
-        while queue:
-            body = queue.pop()
-            t0 = time.perf_counter()
-            try:
-                r = await client.post("/v1/recommend", json=body)
-            except httpx.HTTPError:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
-            if r.status_code != 200:
-                errors += 1
-                continue
-            got = [x["item_id"] for x in r.json()["items"]]
-            ok = len(got) == body["k"] and len(set(got)) == len(got) and set(got) <= catalog
-            invalid += int(not ok or bool(set(got) & seen[body["user_id"]]))
-
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits
-    ) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(loop(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    lat = np.array(latencies or [np.nan]) * 1000
-    return {
-        "requests": len(latencies),
-        "wall_s": wall,
-        "errors": errors,
-        "invalid_items": invalid,
-        "recs_per_s": len(latencies) / wall,
-        "p50_ms": float(np.nanpercentile(lat, 50)),
-        "p99_ms": float(np.nanpercentile(lat, 99)),
-    }
-
-
 def _stop(server: subprocess.Popen) -> None:
     """SIGTERM to the server's process group, SIGKILL to what is left after 60 s."""
     import signal
@@ -325,7 +277,7 @@ def serving(args: argparse.Namespace) -> dict[str, Any]:
     import asyncio
 
     import httpx
-    from serving import _busy, _tree_cpu
+    from serving import _busy, _tree_cpu, load
 
     from llmrec.data.prepare import PreparedData
 
@@ -340,6 +292,10 @@ def serving(args: argparse.Namespace) -> dict[str, Any]:
         for u, h, t in zip(cases["user_id"], cases["history"], cases["target"], strict=True)
     }
     catalog = set(prepared.items["item_id"].astype(str))
+
+    def by_user(body: dict) -> set[str]:
+        return seen[body["user_id"]]
+
     bodies = [{"user_id": u, "k": 10, "num_beams": 10} for u in users]
     rows_spec = [("base", work / "base", "sft")] + [
         (f"lora-{n}", _row_run(mixture, work / f"serve_{n}", users, n), "per_user")
@@ -381,13 +337,15 @@ def serving(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(1)
             startup = time.perf_counter() - t0
             # Warm-up: every user once (cuts each mixture adapter, fills vLLM's LoRA cache).
-            asyncio.run(_load(port, bodies, args.concurrency, catalog, seen))
+            asyncio.run(load(port, bodies, args.concurrency, math.inf, catalog, by_user))
             busy0, own0, w0 = (
                 _busy(),
                 _tree_cpu(server.pid) + _tree_cpu(os.getpid(), False),
                 time.perf_counter(),
             )
-            res = asyncio.run(_load(port, bodies * args.repeat, args.concurrency, catalog, seen))
+            res = asyncio.run(
+                load(port, bodies * args.repeat, args.concurrency, math.inf, catalog, by_user)
+            )
             own = _tree_cpu(server.pid) + _tree_cpu(os.getpid(), False) - own0
             foreign = (_busy() - busy0 - own) / ((time.perf_counter() - w0) * (os.cpu_count() or 1))
         finally:

@@ -45,6 +45,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +168,15 @@ def _busy() -> float:
 
 
 async def load(
-    port: int, bodies: list[dict], concurrency: int, max_seconds: float, catalog: set[str]
+    port: int,
+    bodies: list[dict],
+    concurrency: int,
+    max_seconds: float,
+    catalog: set[str],
+    seen: Callable[[dict], set[str]] | None = None,
 ) -> dict:
-    """Send ``bodies`` with ``concurrency`` in flight; latency, errors and invalid items."""
+    """Send ``bodies`` with ``concurrency`` in flight; latency, errors and invalid items (not
+    ``k`` distinct catalog items, or an item of ``seen(body)``: by default the body's history)."""
     import httpx
 
     latencies: list[float] = []
@@ -193,7 +200,8 @@ async def load(
                 continue
             got = [x["item_id"] for x in r.json()["items"]]
             ok = len(got) == body["k"] and len(set(got)) == len(got) and set(got) <= catalog
-            invalid += int(not ok or bool(set(got) & set(body["history"])))
+            banned = seen(body) if seen else set(body["history"])
+            invalid += int(not ok or bool(set(got) & banned))
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(
@@ -202,16 +210,16 @@ async def load(
         t0 = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    lat = np.array(latencies) * 1000
+    lat = np.array(latencies or [np.nan]) * 1000
     return {
         "requests": len(latencies),
         "wall_s": wall,
         "errors": errors,
         "invalid_items": invalid,
         "recs_per_s": len(latencies) / wall,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "mean_ms": float(lat.mean()),
+        "p50_ms": float(np.nanpercentile(lat, 50)),
+        "p99_ms": float(np.nanpercentile(lat, 99)),
+        "mean_ms": float(np.nanmean(lat)),
     }
 
 
