@@ -224,7 +224,7 @@ def build_per_user(cfg: PerUserStageConfig, ctx: TrainingContext) -> BuiltTraine
     if experts:
         model.add_module(GATE_MODULE, UserGate(*groups.gate_init(cfg.gate_temperature)))
     peft_config = LoraConfig(
-        # The scale alpha / r of the whole LoRA equals each slice's (see routing.slice_lora).
+        # The scale alpha / r of the whole LoRA equals each slice's (see adapters.slice_lora).
         r=cfg.lora.r * slices,
         lora_alpha=cfg.lora.alpha * slices,
         lora_dropout=cfg.lora.dropout,
@@ -271,7 +271,7 @@ def write_router(
     ``staging/model`` (mixture adapters, one per user, are cut on first use instead)."""
     import torch
 
-    from llmrec.recommend.routing import AdapterSpec, Router, export_slices, safe_name
+    from llmrec.recommend.adapters import AdapterSpec, Router, export_slices, safe_name
 
     with torch.no_grad():
         device = next(gate.gate.parameters()).device if gate.gate is not None else "cpu"

@@ -94,8 +94,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     from llmrec.data.prepare import PreparedData
     from llmrec.eval.metrics import bootstrap_ci
     from llmrec.eval.protocol import EvalConfig, evaluate
+    from llmrec.recommend.adapters import Router, export_user_adapter
     from llmrec.recommend.loading import load
-    from llmrec.recommend.routing import Router, export_user_adapter
     from llmrec.train.export import export_model
     from llmrec.train.per_user import PerUserStageConfig, train_per_user
 

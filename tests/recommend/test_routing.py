@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmrec.indexing.sid_map import SemanticIdMap
-from llmrec.recommend.routing import AdapterSpec, Router, lora_engine_config, safe_name, slice_lora
+from llmrec.recommend.adapters import (
+    AdapterSpec,
+    Router,
+    lora_engine_config,
+    safe_name,
+    slice_lora,
+)
 from llmrec.recommend.vllm import EngineConfig
 from llmrec.train.user_groups import build_groups, heavy_users, prefix_histograms
 

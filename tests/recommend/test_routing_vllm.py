@@ -12,14 +12,9 @@ import pytest
 import torch
 
 from llmrec.constrain.trie import ItemTrie
+from llmrec.recommend.adapters import AdapterSpec, Router, export_slices
 from llmrec.recommend.hf import HFRecommender
-from llmrec.recommend.routing import (
-    AdapterSpec,
-    Router,
-    RoutingRecommender,
-    VLLMBank,
-    export_slices,
-)
+from llmrec.recommend.routing import RoutingRecommender, VLLMBank
 from llmrec.recommend.vllm import VLLMRecommender
 from tests.vllm_fixtures import TextPrompts, random_catalog
 

@@ -21,10 +21,10 @@ from safetensors.torch import load_file
 
 from llmrec.config import ConfigError, load_config
 from llmrec.errors import UserError
+from llmrec.recommend.adapters import Router, export_user_adapter
 from llmrec.recommend.hf import HFRecommender
 from llmrec.recommend.loading import load, load_model
 from llmrec.recommend.prompting import RunDecoding
-from llmrec.recommend.routing import Router, export_user_adapter
 from llmrec.serve.server import check_adapter
 from llmrec.train.config import SFTStageConfig
 from llmrec.train.per_user import PerUserStageConfig, train_per_user
